@@ -1,0 +1,183 @@
+"""A model's table: per layer its output shape, parameters, neurons, receptive field, jump and
+multiply-adds, with totals.
+
+The receptive field r and jump j (distance in input pixels between neighbouring outputs) follow
+the usual recurrence, per spatial axis: r_out = r_in + (d * (k - 1)) * j_in and
+j_out = j_in * s for a window k, dilation d and stride s; global pooling and Flatten see the
+whole input. Parallel branches and residual sums take the largest of their branches.
+
+>>> from jaxcnn import models, summary
+>>> table = summary(models.lenet5(), (None, 28, 28, 1))
+>>> table.total_params, table.rows[1].name, table.rows[1].out_shape
+(61706, 'conv1', (None, 28, 28, 6))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import jax
+
+from jaxcnn._types import Shape
+from jaxcnn.layers import Layer, layer_info
+
+__all__ = ["Summary", "SummaryRow", "summary"]
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One layer: ``name`` is its path in the params (``stage1/conv2``); ``receptive_field`` and
+    ``jump`` are (h, w) in input pixels, None where the input has no spatial axes."""
+
+    name: str
+    kind: str
+    out_shape: Shape
+    params: int
+    state: int
+    neurons: int
+    receptive_field: tuple[int, int] | None
+    jump: tuple[int, int] | None
+    macs: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The rows (the input first, then every layer in order) and their totals."""
+
+    rows: tuple[SummaryRow, ...]
+
+    @property
+    def total_params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def total_state(self) -> int:
+        return sum(r.state for r in self.rows)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(r.macs for r in self.rows)
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.rows[-1].out_shape
+
+    def to_dicts(self) -> list[dict]:
+        """The rows as plain dicts (JSON-ready)."""
+        return [asdict(r) for r in self.rows]
+
+    def __str__(self) -> str:
+        head = ("layer", "kind", "output shape", "params", "neurons", "receptive field", "jump",
+                "MACs")
+        body = [(r.name, r.kind, _shape(r.out_shape), f"{r.params:,}", f"{r.neurons:,}",
+                 _hw(r.receptive_field), _hw(r.jump), f"{r.macs:,}") for r in self.rows]
+        foot = ("total", "", "", f"{self.total_params:,}", "", "", "", f"{self.total_macs:,}")
+        widths = [max(len(row[i]) for row in (head, *body, foot)) for i in range(len(head))]
+        right = {3, 4, 7}
+
+        def line(cells):
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+        rule = "-" * len(line(head))
+        extra = f"\nnon-trainable state: {self.total_state:,}" if self.total_state else ""
+        return "\n".join([line(head), rule, *map(line, body), rule, line(foot)]) + extra
+
+
+def _shape(shape: Shape) -> str:
+    return "(" + ", ".join("N" if d is None or d == -1 else str(d) for d in shape) + ")"
+
+
+def _hw(v: tuple[int, int] | None) -> str:
+    if v is None:
+        return "-"
+    return str(v[0]) if v[0] == v[1] else f"{v[0]}x{v[1]}"
+
+
+def _count(tree) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def _init_abstract(layer: Layer, in_shape: Shape):
+    """(out_shape, params, state) of ``layer.init`` traced without allocating arrays."""
+    box = {}
+
+    def init(key):
+        out, params, state = layer.init(key, in_shape)
+        box["out"] = out
+        return params, state
+
+    params, state = jax.eval_shape(init, jax.random.key(0))
+    return box["out"], params, state
+
+
+def _geometry(info, in_shape, out_shape, rf, jump):
+    if rf is None:
+        return None, None
+    if info.window is not None:
+        rf = tuple(r + d * (k - 1) * j for r, k, d, j in
+                   zip(rf, info.window, info.dilation, jump, strict=True))
+        return rf, tuple(j * s for j, s in zip(jump, info.stride, strict=True))
+    if info.is_global and len(in_shape) == 4:
+        rf = tuple(r + (n - 1) * j for r, n, j in zip(rf, in_shape[1:3], jump, strict=True))
+        return rf, None
+    return rf, jump
+
+
+def _merge(a, b):
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(max(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _walk(layer: Layer, path: str, in_shape: Shape, rf, jump, rows: list):
+    info = layer_info(layer)
+    prefix = f"{path}/" if path else ""
+    if info.kind == "Serial":
+        shape = in_shape
+        for nm, child in info.children:
+            shape, rf, jump = _walk(child, prefix + nm, shape, rf, jump, rows)
+        return shape, rf, jump
+    if info.kind in ("Parallel", "Residual"):
+        branches = info.children
+        if info.kind == "Residual":
+            body = tuple((nm, ch) for nm, ch in branches if nm != "shortcut")
+            branches = ((None, body),) + tuple((nm, ch) for nm, ch in branches
+                                               if nm == "shortcut")
+        out_rf, out_jump = (None, None)
+        for nm, child in branches:
+            if nm is None:  # a residual's body: its layers in series
+                b_shape, b_rf, b_jump = in_shape, rf, jump
+                for cn, c in child:
+                    b_shape, b_rf, b_jump = _walk(c, prefix + cn, b_shape, b_rf, b_jump, rows)
+            else:
+                b_shape, b_rf, b_jump = _walk(child, prefix + nm, in_shape, rf, jump, rows)
+            out_rf, out_jump = _merge(out_rf, b_rf), _merge(out_jump, b_jump)
+        out_shape, _, _ = _init_abstract(layer, in_shape)
+        rows.append(SummaryRow(path or info.base, f"{info.kind}({info.combine})", out_shape, 0, 0,
+                               math.prod(out_shape[1:]), out_rf, out_jump, 0))
+        return out_shape, out_rf, out_jump
+    out_shape, params, state = _init_abstract(layer, in_shape)
+    rf, jump = _geometry(info, in_shape, out_shape, rf, jump)
+    macs = info.macs(in_shape, out_shape) if info.macs else 0
+    rows.append(SummaryRow(path or info.base, info.kind, out_shape, _count(params),
+                           _count(state), math.prod(out_shape[1:]), rf, jump, macs))
+    return out_shape, rf, jump
+
+
+def summary(model: Layer, in_shape: Shape) -> Summary:
+    """The table of ``model`` for inputs of ``in_shape`` (batch first, None allowed).
+
+    Counts come from the shapes ``init`` produces (traced, nothing allocated); ``print`` the
+    result for a text table, or read ``.rows`` and the ``total_*`` properties. MACs are
+    multiply-adds per example (conv and dense layers).
+    """
+    in_shape = tuple(in_shape)
+    spatial = len(in_shape) == 4
+    rows: list[SummaryRow] = [SummaryRow("input", "Input", in_shape, 0, 0,
+                                         math.prod(d for d in in_shape[1:]),
+                                         (1, 1) if spatial else None,
+                                         (1, 1) if spatial else None, 0)]
+    _walk(model, "", in_shape, rows[0].receptive_field, rows[0].jump, rows)
+    return Summary(tuple(rows))
