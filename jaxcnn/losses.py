@@ -1,0 +1,43 @@
+"""Losses and metrics, each a mean over the examples of a batch.
+
+Every function takes an optional ``mask`` (N,) of 1.0 for real examples and 0.0 for the padding
+that keeps the last batch of an evaluation at a fixed shape; masked examples count nowhere.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+from jaxcnn._types import Array
+
+__all__ = ["accuracy", "mse", "softmax_cross_entropy"]
+
+
+def _masked_mean(values: Array, mask: Array | None) -> Array:
+    if mask is None:
+        return jnp.mean(values)
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = None) -> Array:
+    """Mean of -log softmax(logits)[label]. logits: (N, K) float; labels: (N,) int in [0, K)."""
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return _masked_mean(per_example, mask)
+
+
+def mse(pred: Array, target: Array, *, mask: Array | None = None) -> Array:
+    """Half the mean squared error, the tutorials' 1/2 (actual - predicted)^2 averaged over every
+    element: ``0.5 * mean((pred - target) ** 2)``. pred, target: (N, ...) of one shape (e.g.
+    softmax outputs against one-hot labels)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"mse: pred and target must have the same shape, got {pred.shape} and "
+                         f"{target.shape}")
+    per_example = jnp.mean(optax.l2_loss(pred, target), axis=tuple(range(1, pred.ndim)))
+    return _masked_mean(per_example, mask)
+
+
+def accuracy(logits: Array, labels: Array, *, mask: Array | None = None) -> Array:
+    """Fraction of examples whose arg-max class is the label. logits: (N, K); labels: (N,)."""
+    return _masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), mask)

@@ -1,0 +1,323 @@
+"""jit-compiled training with Optax: one pytree of state, pure steps, whole-epoch drivers.
+
+- :class:`TrainState` ``(params, state, opt_state, step, key)`` is everything that changes.
+- :func:`make_train_step` gives a pure, jitted ``(ts, batch) -> (ts, metrics)``; a step whose
+  loss or gradients are not finite changes nothing but ``step`` and reports ``finite = False``.
+- :func:`make_epoch_fn` runs a whole epoch in one compiled call (``lax.scan`` over batches, the
+  data kept on the device) or, when the data is too large for that, as a loop of compiled steps
+  fed from the host; both do the same arithmetic, so they give the same parameters.
+- :func:`evaluate` computes loss, accuracy and predictions over a split with fixed-shape,
+  masked batches; :func:`fit` ties these together for users who want no loop of their own.
+
+Dropout keys are ``fold_in(ts.key, ts.step)``: a run resumed at step s draws exactly the keys
+an uninterrupted run draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcnn import data as data_lib
+from jaxcnn._types import Array, Key, Params, Shape, State
+from jaxcnn.layers import Layer
+from jaxcnn.losses import accuracy, softmax_cross_entropy
+
+__all__ = [
+    "EarlyStopping", "TrainState", "create_train_state", "evaluate", "fit", "learning_rate",
+    "make_epoch_fn", "make_eval_step", "make_train_step", "should_stop",
+]
+
+LossFn = Callable[..., Array]
+Metrics = dict[str, Array]
+
+#: Above this many bytes of training data, "auto" streams batches from the host instead of
+#: keeping the whole set on the device for a scanned epoch.
+SCAN_MAX_BYTES = 2 * 1024**3
+
+
+class TrainState(NamedTuple):
+    """Everything a training step changes, as one pytree (checkpoint it whole)."""
+
+    params: Params
+    state: State
+    opt_state: optax.OptState
+    step: Array
+    key: Key
+
+
+def create_train_state(model: Layer, optimizer: optax.GradientTransformation, key: Key,
+                       in_shape: Shape) -> TrainState:
+    """Initialise ``model`` for inputs of ``in_shape`` (batch first) and ``optimizer`` on its
+    params; ``key`` is split into the init key and the key dropout steps fold into."""
+    init_key, step_key = jax.random.split(key)
+    _, params, state = model.init(init_key, tuple(in_shape))
+    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), step_key)
+
+
+def learning_rate(opt_state: optax.OptState) -> Array | None:
+    """The current learning rate when the optimizer was built with ``optax.inject_hyperparams``
+    (as the runner does), else None."""
+    return optax.tree_utils.tree_get(
+        opt_state, "learning_rate", None,
+        filtering=lambda _, value: isinstance(value, jax.Array | np.ndarray | float))
+
+
+def _unpack(batch) -> tuple[Array, Array, Array | None]:
+    if len(batch) == 2:
+        return batch[0], batch[1], None
+    images, labels, mask = batch
+    return images, labels, mask
+
+
+def _is_classification(labels: Array) -> bool:
+    return labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer)
+
+
+def _all_finite(tree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+                    jit: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
+    """A pure ``(ts, batch) -> (ts, metrics)``: forward in training mode, ``jax.value_and_grad``
+    of ``loss_fn(logits, labels, mask=mask)``, an Optax update.
+
+    ``batch`` is ``(images, labels)`` or ``(images, labels, mask)`` (a :class:`data.Batch`).
+    ``metrics``: ``loss``, ``accuracy`` (for integer class labels), ``finite`` (False when the
+    loss or a gradient was NaN or infinite: then params, state and opt_state are left as they
+    were) and, with
+    ``optax.inject_hyperparams``, ``learning_rate``.
+    """
+
+    def step(ts: TrainState, batch) -> tuple[TrainState, Metrics]:
+        images, labels, mask = _unpack(batch)
+        key = jax.random.fold_in(ts.key, ts.step)
+
+        def objective(params):
+            logits, new_state = model.apply(params, ts.state, images, key=key, train=True)
+            return loss_fn(logits, labels, mask=mask), (logits, new_state)
+
+        (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+            ts.params)
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+
+        def keep(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        metrics = {"loss": loss, "finite": finite}
+        if _is_classification(labels):
+            metrics["accuracy"] = accuracy(logits, labels, mask=mask)
+        lr = learning_rate(opt_state)  # the rate this update used
+        if lr is not None:
+            metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        new_ts = TrainState(keep(params, ts.params), keep(new_state, ts.state),
+                            keep(opt_state, ts.opt_state), ts.step + 1, ts.key)
+        return new_ts, metrics
+
+    return jax.jit(step) if jit else step
+
+
+def make_epoch_fn(
+    train_step: Callable[[TrainState, Any], tuple[TrainState, Metrics]],
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    driver: str = "auto",
+    halt_on_nonfinite: bool = True,
+) -> Callable[..., tuple[TrainState, dict[str, np.ndarray]]]:
+    """``run(ts, *, seed, epoch) -> (ts, metrics)``: one epoch over ``images`` (N, H, W, C) and
+    ``labels`` (N,) in shuffled batches of ``batch_size`` (the incomplete last batch dropped;
+    :func:`jaxcnn.data.batch_indices` fixes the order from ``seed`` and ``epoch``).
+
+    ``driver``: ``"scan"`` keeps the data on the device and runs the epoch as one compiled
+    ``lax.scan``; ``"loop"`` keeps the data on the host and calls one compiled step per batch;
+    ``"auto"`` scans when the data is at most :data:`SCAN_MAX_BYTES`. ``metrics`` holds one
+    value per step (NumPy, fetched once at the end). With ``halt_on_nonfinite``, the first step
+    with a non-finite loss freezes the state for the rest of the epoch, so the caller can stop
+    exactly there.
+    """
+    if driver not in ("auto", "scan", "loop"):
+        raise ValueError(f"make_epoch_fn: driver must be 'auto', 'scan' or 'loop', got {driver!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"make_epoch_fn: batch_size must be a positive int, got {batch_size!r}")
+    n = len(images)
+    if batch_size > n:
+        raise ValueError(f"make_epoch_fn: batch_size ({batch_size}) is larger than the "
+                         f"{n} training examples; use a batch size of at most {n}")
+    if driver == "auto":
+        driver = "scan" if images.nbytes + labels.nbytes <= SCAN_MAX_BYTES else "loop"
+
+    def body(carry, batch):
+        ts, halted = carry
+        new_ts, metrics = train_step(ts, batch)
+        if halt_on_nonfinite:
+            new_ts = jax.tree.map(lambda old, new: jnp.where(halted, old, new), ts, new_ts)
+            halted = halted | ~metrics["finite"]
+        return (new_ts, halted), metrics
+
+    def order(seed, epoch):
+        return data_lib.batch_indices(n, batch_size, seed=seed, epoch=epoch, shuffle=True,
+                                      drop_remainder=True)
+
+    if driver == "scan":
+        dev_images, dev_labels = jnp.asarray(images), jnp.asarray(labels)
+
+        @jax.jit
+        def scan_epoch(ts, images, labels, idx):
+            def gathered(carry, rows):
+                return body(carry, (images[rows], labels[rows]))
+
+            (ts, _), metrics = jax.lax.scan(gathered, (ts, jnp.array(False)), idx)
+            return ts, metrics
+
+        def run(ts, *, seed, epoch):
+            ts, metrics = scan_epoch(ts, dev_images, dev_labels, jnp.asarray(order(seed, epoch)))
+            return ts, jax.device_get(metrics)
+
+        return run
+
+    @jax.jit
+    def step(carry, images, labels):
+        # A scan of length one compiles the step exactly as the scanned epoch does, so both
+        # drivers give bit-identical results.
+        return jax.lax.scan(body, carry, (images[None], labels[None]))
+
+    def run(ts, *, seed, epoch):
+        carry, out = (ts, jnp.array(False)), []
+        for rows in order(seed, epoch):
+            carry, metrics = step(carry, jnp.asarray(images[rows]), jnp.asarray(labels[rows]))
+            out.append(metrics)
+        stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *out))
+        return carry[0], stacked
+
+    return run
+
+
+def make_eval_step(model: Layer, loss_fn: LossFn = softmax_cross_entropy
+                   ) -> Callable[[Params, State, Any], Metrics]:
+    """A jitted ``(params, state, batch) -> metrics`` in inference mode: ``loss`` and
+    ``accuracy`` (means over the unmasked examples), ``count`` (their number) and
+    ``predictions`` (arg-max class per row, padding rows included)."""
+
+    @jax.jit
+    def eval_step(params, state, batch):
+        images, labels, mask = _unpack(batch)
+        logits, _ = model.apply(params, state, images, train=False)
+        count = jnp.sum(mask) if mask is not None else jnp.asarray(labels.shape[0], jnp.float32)
+        return {"loss": loss_fn(logits, labels, mask=mask),
+                "accuracy": accuracy(logits, labels, mask=mask), "count": count,
+                "predictions": jnp.argmax(logits, -1)}
+
+    return eval_step
+
+
+def evaluate(eval_step: Callable[[Params, State, Any], Metrics], params: Params, state: State,
+             split: data_lib.Split, batch_size: int = 1000) -> dict[str, Any]:
+    """Loss and accuracy over every example of ``split`` (fixed-shape batches, the last one
+    padded and masked), and ``predictions`` (N,) as a NumPy array in the split's order."""
+    n = len(split.labels)
+    batch_size = min(batch_size, n)
+    idx = data_lib.batch_indices(n, batch_size, seed=0, shuffle=False, drop_remainder=False)
+    totals = {"loss": 0.0, "accuracy": 0.0}
+    predictions = []
+    for rows in idx:
+        real = rows >= 0
+        safe = np.where(real, rows, 0)
+        m = eval_step(params, state, (split.images[safe], split.labels[safe],
+                                      real.astype(np.float32)))
+        count = float(m["count"])
+        totals = {k: v + float(m[k]) * count for k, v in totals.items()}
+        predictions.append(np.asarray(m["predictions"])[real])
+    return {"loss": totals["loss"] / n, "accuracy": totals["accuracy"] / n,
+            "predictions": np.concatenate(predictions)}
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience`` epochs
+    (``mode`` "max" for accuracies, "min" for losses)."""
+
+    metric: str = "val_accuracy"
+    mode: str = "max"
+    patience: int = 5
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"EarlyStopping: mode must be 'max' or 'min', got {self.mode!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or \
+                self.patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be a positive int, got "
+                             f"{self.patience!r}")
+        if not self.min_delta >= 0:
+            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {self.min_delta!r}")
+
+
+def should_stop(rule: EarlyStopping, history: list[Mapping[str, float]]) -> bool:
+    """Whether ``rule`` stops training after the epochs in ``history`` (one dict per epoch)."""
+    values = [h[rule.metric] for h in history if rule.metric in h]
+    if len(values) <= rule.patience:
+        return False
+    sign = 1.0 if rule.mode == "max" else -1.0
+    best_before = max(sign * v for v in values[: -rule.patience])
+    recent = max(sign * v for v in values[-rule.patience:])
+    return not recent > best_before + rule.min_delta
+
+
+def fit(
+    model: Layer,
+    optimizer: optax.GradientTransformation,
+    train: data_lib.Split,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    loss_fn: LossFn = softmax_cross_entropy,
+    seed: int = 0,
+    val: data_lib.Split | None = None,
+    early_stopping: EarlyStopping | None = None,
+    loss_tolerance: float | None = None,
+    driver: str = "auto",
+) -> tuple[TrainState, list[dict[str, float]]]:
+    """Train ``model`` on ``train`` for up to ``epochs`` epochs; returns the final state and one
+    dict of metrics per epoch (``train_loss``, ``train_accuracy`` and, with ``val``,
+    ``val_loss``, ``val_accuracy``). Stops early by ``early_stopping`` or once the epoch's mean
+    training loss is below ``loss_tolerance``. Raises FloatingPointError on a non-finite loss.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    ts = create_train_state(model, optimizer, jax.random.key(seed),
+                            (None, *train.images.shape[1:]))
+    step = make_train_step(model, loss_fn, optimizer, jit=False)
+    run_epoch = make_epoch_fn(step, train.images, train.labels, batch_size, driver=driver)
+    eval_step = make_eval_step(model, loss_fn)
+    history: list[dict[str, float]] = []
+    for epoch in range(epochs):
+        start = int(ts.step)
+        ts, metrics = run_epoch(ts, seed=seed, epoch=epoch)
+        if not metrics["finite"].all():
+            bad = int(np.argmin(metrics["finite"]))
+            raise FloatingPointError(f"fit: the loss became {metrics['loss'][bad]} at step "
+                                     f"{start + bad} (epoch {epoch}); lower the learning rate")
+        record = {"epoch": epoch, "train_loss": float(np.mean(metrics["loss"])),
+                  "train_accuracy": float(np.mean(metrics["accuracy"]))}
+        if val is not None:
+            v = evaluate(eval_step, ts.params, ts.state, val)
+            record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
+        history.append(record)
+        if early_stopping is not None and should_stop(early_stopping, history):
+            break
+        if loss_tolerance is not None and record["train_loss"] < loss_tolerance:
+            break
+    return ts, history
+

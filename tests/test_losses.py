@@ -1,0 +1,60 @@
+"""Losses and metrics against NumPy formulas."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import losses
+
+RNG = np.random.default_rng(0)
+
+
+def np_log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_softmax_cross_entropy_matches_numpy():
+    logits = RNG.normal(size=(7, 5)).astype(np.float32)
+    labels = RNG.integers(0, 5, size=7)
+    want = -np.mean(np_log_softmax(logits.astype(np.float64))[np.arange(7), labels])
+    got = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_cross_entropy_of_uniform_logits_is_log_k():
+    got = losses.softmax_cross_entropy(jnp.zeros((3, 10)), jnp.array([0, 4, 9]))
+    np.testing.assert_allclose(got, np.log(10), rtol=1e-6)
+
+
+def test_mask_excludes_padding_rows():
+    logits = RNG.normal(size=(6, 3)).astype(np.float32)
+    labels = RNG.integers(0, 3, size=6)
+    mask = np.array([1, 1, 1, 1, 0, 0], np.float32)
+    full = losses.softmax_cross_entropy(jnp.asarray(logits[:4]), jnp.asarray(labels[:4]))
+    masked = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                          mask=jnp.asarray(mask))
+    np.testing.assert_allclose(masked, full, rtol=1e-6)
+    acc_full = losses.accuracy(jnp.asarray(logits[:4]), jnp.asarray(labels[:4]))
+    acc_masked = losses.accuracy(jnp.asarray(logits), jnp.asarray(labels), mask=jnp.asarray(mask))
+    np.testing.assert_allclose(acc_masked, acc_full)
+
+
+def test_mse_is_half_mean_squared_error():
+    # The tutorials' example: E = 1/2 (target - output)^2.
+    pred = np.array([[0.75136507, 0.77292847]], np.float32)
+    target = np.array([[0.01, 0.99]], np.float32)
+    want = 0.5 * np.mean((target - pred) ** 2)
+    np.testing.assert_allclose(losses.mse(jnp.asarray(pred), jnp.asarray(target)), want,
+                               rtol=1e-6)
+
+
+def test_mse_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"mse: pred and target must have the same shape"):
+        losses.mse(jnp.zeros((2, 3)), jnp.zeros((2,)))
+
+
+def test_accuracy_counts_argmax_hits():
+    logits = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    labels = jnp.array([1, 1, 1, 0])
+    np.testing.assert_allclose(losses.accuracy(logits, labels), 0.75)

@@ -1,0 +1,189 @@
+"""Training steps, drivers and evaluation against hand computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn import data, layers, losses, models, train
+
+
+def _toy(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6, 6, 1)).astype(np.float32)
+    y = (x[:, :3].mean(axis=(1, 2, 3)) > x[:, 3:].mean(axis=(1, 2, 3))).astype(np.int32)
+    return data.Split(x, y)
+
+
+def _tiny_model():
+    return layers.serial(layers.Conv(4, 3), layers.Relu(), layers.Flatten(), layers.Dropout(0.2),
+                         layers.Dense(2))
+
+
+def _state(model, opt, split, seed=0):
+    return train.create_train_state(model, opt, jax.random.key(seed),
+                                    (None, *split.images.shape[1:]))
+
+
+def test_sgd_step_matches_hand_derived_update():
+    # A dense layer with the 1/2 MSE loss: dE/dW = X^T (XW + b - T) / (N * K), dE/db likewise.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    t = rng.normal(size=(8, 2)).astype(np.float32)
+    model = layers.Dense(2)
+    opt = optax.sgd(0.1)
+    ts = train.create_train_state(model, opt, jax.random.key(0), (None, 3))
+    w, b = np.asarray(ts.params["w"], np.float64), np.asarray(ts.params["b"], np.float64)
+    step = train.make_train_step(model, losses.mse, opt)
+    ts2, metrics = step(ts, (jnp.asarray(x), jnp.asarray(t)))
+    err = x @ w + b - t
+    np.testing.assert_allclose(metrics["loss"], 0.5 * np.mean(err**2), rtol=1e-5)
+    np.testing.assert_allclose(ts2.params["w"], w - 0.1 * x.T @ err / err.size, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(ts2.params["b"], b - 0.1 * err.sum(0) / err.size, rtol=1e-5,
+                               atol=1e-6)
+    assert int(ts2.step) == 1 and bool(metrics["finite"])
+
+
+def test_scan_and_loop_drivers_give_the_same_parameters():
+    split = _toy()
+    model = _tiny_model()
+    opt = optax.sgd(0.05, momentum=0.9)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt, jit=False)
+    results = {}
+    for driver in ("scan", "loop"):
+        run = train.make_epoch_fn(step, split.images, split.labels, 16, driver=driver)
+        ts, metrics = run(_state(model, opt, split), seed=3, epoch=0)
+        results[driver] = (ts, metrics)
+        assert metrics["loss"].shape == (96 // 16,)
+    (a, ma), (b, mb) = results["scan"], results["loop"]
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    np.testing.assert_array_equal(ma["loss"], mb["loss"])
+    assert int(a.step) == int(b.step) == 6
+
+
+def test_training_is_deterministic_for_a_seed_and_differs_across_seeds():
+    split = _toy()
+    model = _tiny_model()
+    opt = optax.adam(1e-2)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt, jit=False)
+    run = train.make_epoch_fn(step, split.images, split.labels, 16)
+    one, _ = run(_state(model, opt, split), seed=0, epoch=0)
+    two, _ = run(_state(model, opt, split), seed=0, epoch=0)
+    other, _ = run(_state(model, opt, split), seed=0, epoch=1)
+    jax.tree.map(np.testing.assert_array_equal, one.params, two.params)
+    assert not np.array_equal(one.params["dense1"]["w"], other.params["dense1"]["w"])
+
+
+def test_nonfinite_step_changes_nothing_and_halts_the_epoch():
+    split = _toy()
+    bad = data.Split(split.images.copy(), split.labels)
+    bad.images[40] = np.nan  # lands in some batch of the epoch
+    model = _tiny_model()
+    opt = optax.sgd(0.05)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt, jit=False)
+    ts0 = _state(model, opt, split)
+    run = train.make_epoch_fn(step, bad.images, bad.labels, 16, driver="scan")
+    ts, metrics = run(ts0, seed=0, epoch=0)
+    finite = metrics["finite"]
+    first_bad = int(np.argmin(finite))
+    assert not finite[first_bad] and finite[:first_bad].all()
+    assert int(ts.step) == first_bad + 1  # frozen after the bad step
+    # The state equals running only the good steps before it.
+    order = data.batch_indices(96, 16, seed=0, epoch=0)
+    assert 40 in order[first_bad]
+    good = ts0
+    jstep = jax.jit(step)
+    for rows in order[:first_bad]:
+        good, _ = jstep(good, (split.images[rows], split.labels[rows]))
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-8), ts.params,
+                 good.params)
+    # A single step on a NaN batch leaves params exactly unchanged.
+    rows = order[first_bad]
+    after, m = jstep(good, (bad.images[rows], bad.labels[rows]))
+    assert not bool(m["finite"])
+    jax.tree.map(np.testing.assert_array_equal, after.params, good.params)
+
+
+def test_learning_rate_is_reported_from_an_injected_schedule():
+    split = _toy()
+    schedule = optax.linear_schedule(0.1, 0.0, 6)
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
+    model = _tiny_model()
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt, jit=False)
+    run = train.make_epoch_fn(step, split.images, split.labels, 16)
+    _, metrics = run(_state(model, opt, split), seed=0, epoch=0)
+    np.testing.assert_allclose(metrics["learning_rate"], 0.1 - 0.1 * np.arange(6) / 6, rtol=1e-6)
+    assert train.learning_rate(optax.sgd(0.1).init({"w": jnp.zeros(2)})) is None
+
+
+def test_evaluate_counts_every_example_once_with_a_ragged_last_batch():
+    split = _toy(n=50)
+    model = _tiny_model()
+    ts = _state(model, optax.sgd(0.1), split)
+    result = train.evaluate(train.make_eval_step(model), ts.params, ts.state, split,
+                            batch_size=16)
+    logits, _ = model.apply(ts.params, ts.state, jnp.asarray(split.images))
+    logits = np.asarray(logits, np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    nll = -(z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(50), split.labels]
+    np.testing.assert_allclose(result["loss"], nll.mean(), rtol=1e-5)
+    np.testing.assert_array_equal(result["predictions"], logits.argmax(-1))
+    np.testing.assert_allclose(result["accuracy"], np.mean(logits.argmax(-1) == split.labels))
+
+
+def test_batchnorm_running_statistics_are_carried_by_the_train_state():
+    split = _toy()
+    model = layers.serial(layers.Conv(3, 3), layers.BatchNorm(), layers.Flatten(),
+                          layers.Dense(2))
+    opt = optax.sgd(0.0)
+    ts = _state(model, opt, split)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt)
+    ts2, _ = step(ts, (split.images[:32], split.labels[:32]))
+    y, _ = layers.Conv(3, 3).apply(ts.params["conv1"], {}, jnp.asarray(split.images[:32]))
+    want_mean = 0.1 * np.asarray(y).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(ts2.state["batchnorm1"]["mean"], want_mean, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_learns_and_stops_on_tolerance_and_patience():
+    split = _toy(n=192)
+    ts, history = train.fit(_tiny_model(), optax.adam(3e-2), split, epochs=30, batch_size=32,
+                            val=split, loss_tolerance=0.25)
+    assert history[-1]["train_loss"] < 0.25 and len(history) < 30
+    assert history[-1]["val_accuracy"] > 0.85
+    rule = train.EarlyStopping(metric="val_accuracy", mode="max", patience=2)
+    flat = [{"val_accuracy": v} for v in (0.5, 0.7, 0.7, 0.69)]
+    assert train.should_stop(rule, flat) and not train.should_stop(rule, flat[:3])
+    assert not train.should_stop(rule, flat[:3] + [{"val_accuracy": 0.71}])
+
+
+def test_fit_raises_on_a_diverging_loss():
+    split = _toy()
+    with pytest.raises(FloatingPointError, match=r"fit: the loss became .* at step \d+"):
+        train.fit(_tiny_model(), optax.sgd(1e9), split, epochs=3, batch_size=16)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"driver": "fast"}, r"driver must be 'auto', 'scan' or 'loop', got 'fast'"),
+    ({"batch_size": 0}, r"batch_size must be a positive int, got 0"),
+    ({"batch_size": 1000}, r"batch_size \(1000\) is larger than the 96 training examples"),
+])
+def test_epoch_fn_refuses_bad_arguments(kwargs, match):
+    split = _toy()
+    opt = optax.sgd(0.1)
+    step = train.make_train_step(_tiny_model(), losses.softmax_cross_entropy, opt, jit=False)
+    args = {"batch_size": 16} | kwargs
+    bs = args.pop("batch_size")
+    with pytest.raises(ValueError, match=match):
+        train.make_epoch_fn(step, split.images, split.labels, bs, **args)
+
+
+def test_lenet5_trains_on_digits_sized_inputs():
+    model = models.lenet5()
+    ts = train.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (None, 28, 28, 1))
+    step = train.make_train_step(model, losses.softmax_cross_entropy, optax.sgd(0.1))
+    x = jnp.zeros((4, 28, 28, 1))
+    _, m = step(ts, (x, jnp.zeros(4, jnp.int32)))
+    np.testing.assert_allclose(m["loss"], losses.softmax_cross_entropy(
+        model.apply(ts.params, ts.state, x)[0], jnp.zeros(4, jnp.int32)), rtol=1e-6)
