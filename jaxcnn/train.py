@@ -30,7 +30,8 @@ from jaxcnn.layers import Layer
 from jaxcnn.losses import accuracy, softmax_cross_entropy
 
 __all__ = [
-    "EarlyStopping", "TrainState", "create_train_state", "evaluate", "fit", "learning_rate",
+    "EarlyStopping", "TrainState", "create_train_state", "data_parallel_mesh", "evaluate", "fit",
+    "learning_rate",
     "make_epoch_fn", "make_eval_step", "make_train_step", "should_stop",
 ]
 
@@ -127,6 +128,13 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     return jax.jit(step) if jit else step
 
 
+def data_parallel_mesh(devices: list | None = None, axis: str = "data") -> jax.sharding.Mesh:
+    """A 1-D mesh over ``devices`` (default: all of ``jax.devices()``, which after
+    ``jax.distributed.initialize`` spans every process) for data-parallel training."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.sharding.Mesh(np.array(devices), (axis,))
+
+
 def make_epoch_fn(
     train_step: Callable[[TrainState, Any], tuple[TrainState, Metrics]],
     images: np.ndarray,
@@ -135,6 +143,7 @@ def make_epoch_fn(
     *,
     driver: str = "auto",
     halt_on_nonfinite: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, np.ndarray]]]:
     """``run(ts, *, seed, epoch) -> (ts, metrics)``: one epoch over ``images`` (N, H, W, C) and
     ``labels`` (N,) in shuffled batches of ``batch_size`` (the incomplete last batch dropped;
@@ -146,6 +155,11 @@ def make_epoch_fn(
     value per step (NumPy, fetched once at the end). With ``halt_on_nonfinite``, the first step
     with a non-finite loss freezes the state for the rest of the epoch, so the caller can stop
     exactly there.
+
+    ``mesh``: data-parallel training over a 1-D :class:`jax.sharding.Mesh` (see
+    :func:`data_parallel_mesh`): every batch is split over the mesh's devices along its first
+    axis, the train state is replicated, and XLA inserts the gradient all-reduce. The result is
+    the single-device result up to float rounding; ``batch_size`` must divide evenly.
     """
     if driver not in ("auto", "scan", "loop"):
         raise ValueError(f"make_epoch_fn: driver must be 'auto', 'scan' or 'loop', got {driver!r}")
@@ -157,10 +171,27 @@ def make_epoch_fn(
                          f"{n} training examples; use a batch size of at most {n}")
     if driver == "auto":
         driver = "scan" if images.nbytes + labels.nbytes <= SCAN_MAX_BYTES else "loop"
+    if mesh is not None:
+        devices = mesh.devices.size
+        if mesh.devices.ndim != 1 or batch_size % devices:
+            raise ValueError(f"make_epoch_fn: data-parallel training needs a 1-D mesh and a "
+                             f"batch_size divisible by its {devices} devices, got batch_size "
+                             f"{batch_size} and mesh shape {dict(mesh.shape)}")
+        split_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+            mesh.axis_names[0]))
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def shard(batch):
+        if mesh is None:
+            return batch
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, split_rows), batch)
+
+    def place(tree):
+        return tree if mesh is None else jax.device_put(tree, replicated)
 
     def body(carry, batch):
         ts, halted = carry
-        new_ts, metrics = train_step(ts, batch)
+        new_ts, metrics = train_step(ts, shard(batch))
         if halt_on_nonfinite:
             new_ts = jax.tree.map(lambda old, new: jnp.where(halted, old, new), ts, new_ts)
             halted = halted | ~metrics["finite"]
@@ -171,7 +202,7 @@ def make_epoch_fn(
                                       drop_remainder=True)
 
     if driver == "scan":
-        dev_images, dev_labels = jnp.asarray(images), jnp.asarray(labels)
+        dev_images, dev_labels = place(jnp.asarray(images)), place(jnp.asarray(labels))
 
         @jax.jit
         def scan_epoch(ts, images, labels, idx):
@@ -182,7 +213,8 @@ def make_epoch_fn(
             return ts, metrics
 
         def run(ts, *, seed, epoch):
-            ts, metrics = scan_epoch(ts, dev_images, dev_labels, jnp.asarray(order(seed, epoch)))
+            ts, metrics = scan_epoch(place(ts), dev_images, dev_labels,
+                                     place(jnp.asarray(order(seed, epoch))))
             return ts, jax.device_get(metrics)
 
         return run
@@ -194,7 +226,7 @@ def make_epoch_fn(
         return jax.lax.scan(body, carry, (images[None], labels[None]))
 
     def run(ts, *, seed, epoch):
-        carry, out = (ts, jnp.array(False)), []
+        carry, out = (place(ts), place(jnp.array(False))), []
         for rows in order(seed, epoch):
             carry, metrics = step(carry, jnp.asarray(images[rows]), jnp.asarray(labels[rows]))
             out.append(metrics)
