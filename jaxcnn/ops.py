@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcnn._types import Array, Padding
@@ -49,11 +50,15 @@ __all__ = [
 
 def pair(value: int | Sequence[int], what: str, where: str, *, minimum: int = 1) -> tuple[int, int]:
     """An int or a pair of ints as ``(h, w)``, each at least ``minimum``, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | Sequence) or isinstance(value, str):
+    def is_int(v):
+        return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+    if not (is_int(value) or isinstance(value, Sequence)) or isinstance(value, str):
         raise ValueError(f"{where}: {what} must be an int or a pair of ints, got {value!r}")
-    vals = (value, value) if isinstance(value, int) else tuple(value)
-    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+    vals = (value, value) if is_int(value) else tuple(value)
+    if len(vals) != 2 or not all(is_int(v) for v in vals):
         raise ValueError(f"{where}: {what} must be an int or a pair of ints, got {value!r}")
+    vals = (int(vals[0]), int(vals[1]))
     if min(vals) < minimum:
         raise ValueError(f"{where}: {what} must be >= {minimum}, got {value!r}")
     return vals  # type: ignore[return-value]
@@ -143,8 +148,12 @@ def conv_output_size(
                              f"got {padding!r}")
     elif isinstance(padding, int) and not isinstance(padding, bool):
         lo = hi = padding
-    else:
+    elif (isinstance(padding, tuple | list) and len(padding) == 2
+          and all(isinstance(p, int) and not isinstance(p, bool) for p in padding)):
         lo, hi = padding
+    else:
+        raise ValueError(f"{where}: padding must be 'VALID', 'SAME', an int or a pair of ints "
+                         f"(lo, hi) for this one axis, got {padding!r}")
     if min(lo, hi) < 0:
         raise ValueError(f"{where}: padding must be >= 0, got {padding!r}")
     span = n + lo + hi - k_eff
@@ -162,10 +171,14 @@ def conv_output_size(
 
 
 def _check_rank4(x: Array, where: str) -> None:
+    if not hasattr(x, "ndim"):
+        raise ValueError(f"{where}: input must be an array of shape (N, H, W, C), got "
+                         f"{type(x).__name__}")
     if x.ndim != 4:
+        hint = "; add a batch axis with x[None]" if x.ndim == 3 else ""
         raise ValueError(
             f"{where}: input must have rank 4 (N, H, W, C), got shape {tuple(x.shape)} "
-            f"(rank {x.ndim})"
+            f"(rank {x.ndim}){hint}"
         )
 
 
@@ -208,7 +221,7 @@ def conv2d(
         if n + lo + hi < d * (k - 1) + 1:
             raise ValueError(f"{where}: kernel {kh}x{kw} with dilation {dil} is larger than the "
                              f"padded input {x.shape[1] + sum(pads[0])}x"
-                             f"{x.shape[2] + sum(pads[1])}")
+                             f"{x.shape[2] + sum(pads[1])}; use a smaller kernel or more padding")
     y = lax.conv_general_dilated(
         x, w, window_strides=strides, padding=pads, rhs_dilation=dil,
         dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
@@ -230,7 +243,12 @@ def _pool_pads(
     for n, k, s, (lo, hi) in zip(x.shape[1:3], window, strides, pads, strict=True):
         if n + lo + hi < k:
             raise ValueError(f"{where}: window {window[0]}x{window[1]} is larger than the padded "
-                             f"input {x.shape[1] + sum(pads[0])}x{x.shape[2] + sum(pads[1])}")
+                             f"input {x.shape[1] + sum(pads[0])}x{x.shape[2] + sum(pads[1])}; "
+                             f"use a smaller window or more padding")
+        if max(lo, hi) > k // 2:
+            raise ValueError(f"{where}: padding {pads} must be at most half the window "
+                             f"{window[0]}x{window[1]} on each side, or some windows would hold "
+                             f"only padding")
         out = conv_output_size(n, k, stride=s, padding=(lo, hi), ceil_mode=ceil_mode)
         extra.append((0, max((out - 1) * s + k - (n + lo + hi), 0)))
     return pads, tuple(extra)
