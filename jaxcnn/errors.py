@@ -20,13 +20,20 @@ class LayerError(JaxcnnError, ValueError):
     with the child's name prefixed, so the message names exactly the failing layer.
     """
 
-    def __init__(self, kind: str, path: str | None, detail: str) -> None:
+    def __init__(self, kind: str, path: str | None, detail: str, *, located: bool = False
+                 ) -> None:
         self.kind, self.path, self.detail = kind, path, detail
+        # A layer raising under its own name= is not yet located in its parent: the parent's
+        # name for it is that same name, which must not be prefixed twice.
+        self.located = located or path is None
         super().__init__(f"{kind} layer {path!r}: {detail}" if path else f"{kind} layer: {detail}")
 
     def at(self, name: str) -> LayerError:
         """The same error, located one level deeper: under the child named ``name``."""
-        return LayerError(self.kind, f"{name}/{self.path}" if self.path else name, self.detail)
+        if not self.located and self.path == name:
+            return LayerError(self.kind, name, self.detail, located=True)
+        return LayerError(self.kind, f"{name}/{self.path}" if self.path else name, self.detail,
+                          located=True)
 
 
 class ConfigError(JaxcnnError, ValueError):

@@ -19,7 +19,16 @@ import numpy as np
 from jaxcnn import ops
 from jaxcnn._types import Array, Padding
 from jaxcnn.errors import LayerError
-from jaxcnn.layers import Layer, LayerInfo, _check_shape, _eval_out_shape, _make, _wrap_apply
+from jaxcnn.layers import (
+    Layer,
+    LayerInfo,
+    _check_padding,
+    _check_shape,
+    _eval_out_shape,
+    _make,
+    _pair,
+    _wrap_apply,
+)
 
 __all__ = ["FixedConv", "box_blur", "gaussian", "laplacian", "sharpen", "sobel_edges", "sobel_x",
            "sobel_y"]
@@ -81,7 +90,8 @@ def FixedConv(kernel: np.ndarray | Array, *, padding: Padding = "SAME", stride: 
         raise LayerError(kind, name, f"kernel must have shape (kh, kw) or (kh, kw, 1, 1), got "
                          f"{k.shape}")
     window = (k.shape[0], k.shape[1])
-    strides = ops.pair(stride, "stride", kind)
+    strides = _pair(stride, "stride", kind, name)
+    _check_padding(padding, kind, name)
 
     def apply_(params, state, x, *, key=None, train=False):
         c = x.shape[-1]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -403,15 +403,22 @@ def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
     return _stateless("LogSoftmax", "logsoftmax", lambda x: ops.log_softmax(x, axis), name)
 
 
-def Lambda(fn: Callable[[Array], Array], *, kind: str = "Lambda",
-           name: str | None = None) -> Layer:
+def Lambda(fn: Callable[[Array], Array], *, kind: str = "Lambda", name: str | None = None,
+           window: int | Sequence[int] | None = None, stride: int | Sequence[int] = 1) -> Layer:
     """A stateless layer from any shape-static function of the input (no params, no state).
 
     ``kind`` names it in errors and in the summary table; its lowercase is the default name.
+    ``window`` and ``stride`` describe its spatial geometry for the summary's receptive field
+    and jump, when ``fn`` has one (e.g. ``window=1, stride=2`` for ``x[:, ::2, ::2]``).
     """
     if not callable(fn):
         raise LayerError(kind, name, f"fn must be callable, got {type(fn).__name__}")
-    return _stateless(kind, kind.lower(), fn, name)
+    layer = _stateless(kind, kind.lower(), fn, name)
+    if window is None:
+        return layer
+    info = replace(layer_info(layer), window=_pair(window, "window", kind, name),
+                   stride=_pair(stride, "stride", kind, name))
+    return _make(layer.init, layer.apply, info)
 
 
 def Dropout(rate: float, *, name: str | None = None) -> Layer:
@@ -562,8 +569,8 @@ def _split(key, n):
 
 def serial(*layers: Layer, name: str | None = None) -> Layer:
     """Layers one after another; params ``{child_name: child_params}``."""
-    layers = _check_layers(layers, "serial")
-    named = tuple(zip(child_names(layers, "serial"), layers, strict=True))
+    layers = _check_layers(layers, "Serial")
+    named = tuple(zip(child_names(layers, "Serial"), layers, strict=True))
 
     def init(key, in_shape):
         shape, params, state = in_shape, {}, {}
@@ -595,8 +602,8 @@ def parallel(*layers: Layer, combine: str = "concat", name: str | None = None) -
     kind = "Parallel"
     if combine not in ("concat", "sum"):
         raise LayerError(kind, name, f"combine must be 'concat' or 'sum', got {combine!r}")
-    layers = _check_layers(layers, "parallel")
-    named = tuple(zip(child_names(layers, "parallel"), layers, strict=True))
+    layers = _check_layers(layers, "Parallel")
+    named = tuple(zip(child_names(layers, "Parallel"), layers, strict=True))
 
     def merge(ys):
         return jnp.concatenate(ys, axis=-1) if combine == "concat" else sum(ys[1:], ys[0])
@@ -629,12 +636,12 @@ def residual(*layers: Layer, shortcut: Layer | None = None, name: str | None = N
     unless given (e.g. a strided 1x1 Conv when the body changes the shape). The shortcut's params
     live under ``"shortcut"``."""
     kind = "Residual"
-    body = _check_layers(layers, "residual")
-    names = child_names(body, "residual")
+    body = _check_layers(layers, "Residual")
+    names = child_names(body, "Residual")
     if "shortcut" in names:
         raise LayerError(kind, name, "the name 'shortcut' is reserved for the shortcut branch")
     named = tuple(zip(names, body, strict=True))
-    all_named = named + ((("shortcut", _check_layers((shortcut,), "residual")[0]),)
+    all_named = named + ((("shortcut", _check_layers((shortcut,), "Residual")[0]),)
                          if shortcut is not None else ())
     chain = serial(*body)
 

@@ -174,6 +174,7 @@ def summary(model: Layer, in_shape: Shape) -> Summary:
     multiply-adds per example (conv and dense layers).
     """
     in_shape = tuple(in_shape)
+    _init_abstract(model, in_shape)  # a bad shape fails here, with the failing layer's path
     spatial = len(in_shape) == 4
     rows: list[SummaryRow] = [SummaryRow("input", "Input", in_shape, 0, 0,
                                          math.prod(d for d in in_shape[1:]),

@@ -1,0 +1,743 @@
+"""jaxcnn.layers: shapes, values, gradients, names, state and error messages.
+
+Every layer is held to something independent of its own code: the NumPy sliding-window loops of
+``reference.py`` (conv, pooling), ``x @ w + b``, the BatchNorm and activation formulas written
+out in NumPy, the binomial statistics of dropout, finite differences (``check_grads`` in
+float64), and hand compositions of a combinator's children.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference as ref
+from jax.test_util import check_grads
+
+from jaxcnn import layers as L
+from jaxcnn.errors import LayerError
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+KEY = jax.random.key(0)
+
+
+def _rng(*tag):
+    return np.random.default_rng(zlib.crc32(repr(tag).encode()))
+
+
+def _np_init(seed):
+    """An initializer drawing from NumPy: no per-shape compile of jax.random (keeps sweeps fast)."""
+
+    def init(key, shape, dtype):
+        return jnp.asarray(_rng("init", seed, shape).uniform(-1.0, 1.0, shape), dtype)
+
+    return init
+
+
+def _fast(*args, **kwargs):
+    """L.Conv with a NumPy initializer unless one is given."""
+    kwargs.setdefault("w_init", _np_init("conv"))
+    return L.Conv(*args, **kwargs)
+
+
+def _fast_dense(*args, **kwargs):
+    """L.Dense with a NumPy initializer unless one is given."""
+    kwargs.setdefault("w_init", _np_init("dense"))
+    return L.Dense(*args, **kwargs)
+
+
+def _f32(a):
+    return jnp.asarray(np.asarray(a, np.float32))
+
+
+def _f64(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _away_from_zero(rng, shape, low=0.2):
+    """Uniform magnitudes in [low, 1] with random signs: no kinks of ReLU-like functions."""
+    return rng.uniform(low, 1.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def _distinct(rng, shape):
+    """Values 0.1 apart in random order: max-pooling has no ties to break."""
+    n = math.prod(shape)
+    return (rng.permutation(n).reshape(shape) - n / 2) * 0.1
+
+
+def _spatial_out(in_hw, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """(H_out, W_out) by enumerating the windows (reference.window_starts), not a formula."""
+    k, s, d = ref.as_pair(kernel), ref.as_pair(stride), ref.as_pair(dilation)
+    pads = ref.explicit_padding(padding, in_hw, k, s, d)
+    return tuple(ref.output_size(n, k[a], s[a], *pads[a], d[a], ceil_mode)
+                 for a, n in enumerate(in_hw))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and values against the NumPy loops; jit against no-jit
+# ---------------------------------------------------------------------------------------------
+# (x_shape, features, kernel, stride, padding, dilation, groups, use_bias)
+CONV_CASES = [
+    ((2, 7, 7, 3), 4, 3, 1, "VALID", 1, 1, True),
+    ((2, 7, 7, 3), 4, 3, 1, "SAME", 1, 1, True),
+    ((2, 8, 8, 3), 4, 3, 2, "SAME", 1, 1, True),
+    ((2, 7, 7, 3), 4, 3, 2, "VALID", 1, 1, False),
+    ((2, 9, 8, 2), 3, (3, 2), (2, 1), "VALID", 1, 1, True),
+    ((2, 7, 6, 2), 4, 3, 1, 1, 1, 1, True),
+    ((2, 6, 6, 2), 4, 3, 2, ((1, 0), (2, 1)), 1, 1, True),
+    ((2, 9, 9, 2), 2, 3, 1, "VALID", 2, 1, True),
+    ((2, 9, 8, 2), 2, 3, 2, "SAME", (2, 1), 1, True),
+    ((2, 6, 6, 4), 4, 3, 1, "SAME", 1, 2, True),
+    ((2, 6, 6, 4), 8, 3, 1, "VALID", 1, 4, False),
+    ((2, 5, 5, 3), 2, 1, 1, "VALID", 1, 1, True),
+    ((2, 5, 5, 3), 2, 5, 1, "VALID", 1, 1, True),
+    ((1, 8, 8, 1), 3, 4, 3, 2, 1, 1, True),
+]
+
+
+def _ids(value):
+    return re.sub(r"\s+", "", repr(value))
+
+
+@pytest.mark.parametrize("x_shape, features, kernel, stride, padding, dilation, groups, bias",
+                         CONV_CASES, ids=_ids)
+def test_conv_shape_values_and_jit(x_shape, features, kernel, stride, padding, dilation, groups,
+                                   bias):
+    layer = L.Conv(features, kernel, stride=stride, padding=padding, dilation=dilation,
+                   groups=groups, use_bias=bias, w_init=_np_init(1), b_init=_np_init(2))
+    want_shape = (*_spatial_out(x_shape[1:3], kernel, stride, padding, dilation), features)
+
+    open_shape, params, state = layer.init(KEY, (None, *x_shape[1:]))
+    fixed_shape, _, _ = layer.init(KEY, x_shape)
+    assert open_shape == (None, *want_shape)
+    assert fixed_shape == (x_shape[0], *want_shape)
+    kh, kw = ref.as_pair(kernel)
+    assert params["w"].shape == (kh, kw, x_shape[3] // groups, features)
+    assert ("b" in params) is bias
+    assert state == {}
+
+    x = _rng("conv-x", x_shape).uniform(-1.0, 1.0, x_shape)
+    y, new_state = layer.apply(params, state, _f32(x))
+    y_jit, _ = jax.jit(layer.apply)(params, state, _f32(x))
+    assert y.shape == fixed_shape
+    assert new_state == {}
+    want = ref.conv2d(x, np.asarray(params["w"]), np.asarray(params["b"]) if bias else None,
+                      stride=stride, padding=padding, dilation=dilation, groups=groups)
+    np.testing.assert_allclose(np.asarray(y), want, **TOL)
+    np.testing.assert_allclose(np.asarray(y_jit), np.asarray(y), **TOL)
+
+
+# (kind, x_shape, window, stride, padding, ceil_mode, count_include_pad)
+POOL_CASES = [
+    ("max", (2, 7, 7, 2), 2, None, "VALID", False, True),
+    ("max", (2, 8, 8, 2), 3, 2, "VALID", True, True),
+    ("max", (2, 7, 6, 2), 3, 1, "SAME", False, True),
+    ("max", (2, 7, 7, 1), (2, 3), (1, 2), ((1, 0), (0, 1)), False, True),
+    ("max", (1, 9, 9, 1), 3, 2, 1, True, True),
+    ("avg", (2, 7, 7, 2), 2, None, "VALID", False, True),
+    ("avg", (2, 8, 7, 2), 3, 2, "SAME", False, False),
+    ("avg", (2, 8, 8, 1), 3, 2, 1, True, True),
+    ("avg", (2, 8, 8, 2), 3, 2, "VALID", True, True),
+    ("avg", (1, 6, 6, 1), 2, 1, "SAME", False, True),
+]
+
+
+@pytest.mark.parametrize("kind, x_shape, window, stride, padding, ceil_mode, include_pad",
+                         POOL_CASES, ids=_ids)
+def test_pool_shape_values_and_jit(kind, x_shape, window, stride, padding, ceil_mode,
+                                   include_pad):
+    if kind == "max":
+        layer = L.MaxPool(window, stride=stride, padding=padding, ceil_mode=ceil_mode)
+    else:
+        layer = L.AvgPool(window, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                          count_include_pad=include_pad)
+    want_shape = (*_spatial_out(x_shape[1:3], window, window if stride is None else stride,
+                                padding, ceil_mode=ceil_mode), x_shape[3])
+
+    open_shape, params, state = layer.init(KEY, (None, *x_shape[1:]))
+    fixed_shape, _, _ = layer.init(KEY, x_shape)
+    assert open_shape == (None, *want_shape)
+    assert fixed_shape == (x_shape[0], *want_shape)
+    assert params == {} and state == {}
+
+    x = _rng("pool-x", x_shape).uniform(-1.0, 1.0, x_shape)
+    y, _ = layer.apply(params, state, _f32(x))
+    y_jit, _ = jax.jit(layer.apply)(params, state, _f32(x))
+    assert y.shape == fixed_shape
+    if kind == "max":
+        want = ref.max_pool(x, window, stride=stride, padding=padding, ceil_mode=ceil_mode)
+    else:
+        want = ref.avg_pool(x, window, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                            count_include_pad=include_pad)
+    np.testing.assert_allclose(np.asarray(y), want, **TOL)
+    np.testing.assert_allclose(np.asarray(y_jit), np.asarray(y), **TOL)
+
+
+def _elementwise_cases():
+    # (layer, NumPy formula, in_shape); formulas as CONCEPTS.md writes them
+    return [
+        (L.Relu(), lambda x: np.maximum(0.0, x), (3, 4, 5)),
+        (L.Sigmoid(), lambda x: 1.0 / (1.0 + np.exp(-x)), (2, 3, 3, 2)),
+        (L.Tanh(), lambda x: (np.exp(x) - np.exp(-x)) / (np.exp(x) + np.exp(-x)), (2, 6)),
+        (L.LeakyRelu(), lambda x: np.maximum(0.01 * x, x), (2, 3, 3, 2)),
+        (L.LeakyRelu(0.2), lambda x: np.where(x >= 0, x, 0.2 * x), (4, 5)),
+        (L.Elu(), lambda x: np.where(x > 0, x, np.exp(np.minimum(x, 0)) - 1.0), (2, 3, 3, 2)),
+        (L.Elu(0.5), lambda x: np.where(x > 0, x, 0.5 * (np.exp(np.minimum(x, 0)) - 1.0)),
+         (3, 4)),
+        (L.Softmax(), lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True), (3, 10)),
+        (L.Softmax(axis=1), lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True), (2, 4, 3)),
+        (L.LogSoftmax(), lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True)), (3, 5)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_elementwise_cases())))
+def test_activation_matches_numpy_formula(case):
+    layer, formula, shape = _elementwise_cases()[case]
+    out_shape, params, state = layer.init(KEY, (None, *shape[1:]))
+    assert out_shape == (None, *shape[1:])
+    assert params == {} and state == {}
+    x = _rng("act", case).uniform(-3.0, 3.0, shape)
+    y, s = layer.apply(params, state, _f32(x))
+    y_jit, _ = jax.jit(layer.apply)(params, state, _f32(x))
+    assert y.shape == shape and s == {}
+    np.testing.assert_allclose(np.asarray(y), formula(x), **TOL)
+    np.testing.assert_allclose(np.asarray(y_jit), np.asarray(y), **TOL)
+
+
+def test_softmax_gives_probabilities_with_the_largest_logit_most_likely():
+    logits = np.array([[0.0, 1.0, 1.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]], np.float32)
+    p, _ = L.Softmax().apply({}, {}, jnp.asarray(logits))
+    p = np.asarray(p)
+    assert np.all(p > 0)
+    np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-6)
+    assert int(p.argmax()) == 3 and p[0, 3] > 0.5
+
+
+def test_global_pooling_matches_the_concepts_example():
+    grid = np.array([[2, 4, 3], [1, 5, 6], [8, 2, 9]], np.float32)
+    x = np.stack([grid, -grid], axis=-1)[None]  # (1, 3, 3, 2): two channels, each on its own
+    for layer, want in ((L.GlobalMaxPool(), [9.0, -1.0]), (L.GlobalAvgPool(), [40 / 9, -40 / 9])):
+        out_shape, params, state = layer.init(KEY, (None, 3, 3, 2))
+        assert out_shape == (None, 2)
+        y, _ = layer.apply(params, state, jnp.asarray(x))
+        np.testing.assert_allclose(np.asarray(y), [want], rtol=1e-6)
+    assert sum([2, 4, 3, 1, 5, 6, 8, 2, 9]) == 40  # 40 / 9 = 4.444...
+
+
+def test_global_pools_and_flatten_on_open_and_fixed_batches():
+    x = _rng("flat").uniform(-1, 1, (3, 4, 5, 2)).astype(np.float32)
+    cases = [(L.GlobalMaxPool(), (2,), x.max(axis=(1, 2))),
+             (L.GlobalAvgPool(), (2,), x.mean(axis=(1, 2))),
+             (L.Flatten(), (40,), x.reshape(3, -1))]  # row-major: H, then W, then C
+    for layer, tail, want in cases:
+        assert layer.init(KEY, (None, 4, 5, 2))[0] == (None, *tail)
+        assert layer.init(KEY, (3, 4, 5, 2))[0] == (3, *tail)
+        y, _ = layer.apply({}, {}, jnp.asarray(x))
+        y_jit, _ = jax.jit(layer.apply)({}, {}, jnp.asarray(x))
+        assert y.shape == (3, *tail)
+        np.testing.assert_allclose(np.asarray(y), want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(y_jit), np.asarray(y), rtol=1e-6, atol=1e-7)
+    assert L.Flatten().init(KEY, (None, 7))[0] == (None, 7)
+    assert L.Flatten().init(KEY, (None, 2, 3, 4, 5))[0] == (None, 120)
+
+
+def test_open_batch_params_work_for_any_batch_size():
+    layer = L.serial(_fast(3, 3, padding="SAME", w_init=_np_init(3)), L.Relu(), L.MaxPool(2),
+                     L.Flatten(), _fast_dense(4, w_init=_np_init(4)))
+    out_shape, params, state = layer.init(KEY, (None, 6, 6, 2))
+    assert out_shape == (None, 4)
+    apply = jax.jit(layer.apply)
+    for n in (1, 5):
+        y, _ = apply(params, state, jnp.ones((n, 6, 6, 2), jnp.float32))
+        assert y.shape == (n, 4)
+
+
+def test_dense_equals_x_matmul_w_plus_b():
+    layer = _fast_dense(5)
+    out_shape, params, state = layer.init(KEY, (None, 7))
+    assert out_shape == (None, 5)
+    assert params["w"].shape == (7, 5) and params["b"].shape == (5,)
+    np.testing.assert_array_equal(np.asarray(params["b"]), np.zeros(5))
+    rng = _rng("dense")
+    x = rng.normal(size=(3, 7))
+    w, b = rng.normal(size=(7, 5)), rng.normal(size=(5,))
+    params = {"w": _f32(w), "b": _f32(b)}
+    y, s = layer.apply(params, state, _f32(x))
+    np.testing.assert_allclose(np.asarray(y), x @ w + b, rtol=1e-5, atol=1e-5)
+    assert s == {}
+    y_jit, _ = jax.jit(layer.apply)(params, state, _f32(x))
+    np.testing.assert_allclose(np.asarray(y_jit), np.asarray(y), **TOL)
+    no_bias = _fast_dense(5, use_bias=False)
+    _, p, _ = no_bias.init(KEY, (None, 7))
+    assert set(p) == {"w"}
+    y, _ = no_bias.apply({"w": _f32(w)}, {}, _f32(x))
+    np.testing.assert_allclose(np.asarray(y), x @ w, **TOL)
+
+
+def test_default_init_is_lecun_normal_deterministic_and_different_per_layer():
+    net = L.serial(L.Conv(64, 3, padding="SAME"), L.Conv(64, 3, padding="SAME"))
+    _, p1, _ = net.init(jax.random.key(5), (None, 4, 4, 64))
+    _, p2, _ = net.init(jax.random.key(5), (None, 4, 4, 64))
+    _, p3, _ = net.init(jax.random.key(6), (None, 4, 4, 64))
+    w = np.asarray(p1["conv1"]["w"], np.float64)
+    # LeCun normal: mean 0, variance 1 / fan_in with fan_in = kh * kw * C_in
+    fan_in, n = 3 * 3 * 64, w.size  # 36,864 draws
+    assert abs(w.mean()) < 5 * math.sqrt(1 / fan_in / n)
+    # the sample variance of n normal draws has standard error var * sqrt(2 / n)
+    assert abs(w.var() - 1 / fan_in) < 5 * (1 / fan_in) * math.sqrt(2 / n)
+    np.testing.assert_array_equal(np.asarray(p1["conv1"]["b"]), np.zeros(64))
+    np.testing.assert_array_equal(w, np.asarray(p2["conv1"]["w"]))
+    assert not np.allclose(w, np.asarray(p3["conv1"]["w"]))
+    assert not np.allclose(w, np.asarray(p1["conv2"]["w"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm
+# ---------------------------------------------------------------------------------------------
+
+
+def test_batchnorm_train_uses_batch_statistics_and_updates_running_ones():
+    momentum, eps = 0.8, 1e-3
+    layer = L.BatchNorm(momentum=momentum, epsilon=eps)
+    out_shape, params, state = layer.init(KEY, (None, 3, 3, 2))
+    assert out_shape == (None, 3, 3, 2)
+    np.testing.assert_array_equal(np.asarray(params["scale"]), np.ones(2))
+    np.testing.assert_array_equal(np.asarray(params["bias"]), np.zeros(2))
+    np.testing.assert_array_equal(np.asarray(state["mean"]), np.zeros(2))
+    np.testing.assert_array_equal(np.asarray(state["var"]), np.ones(2))
+
+    rng = _rng("bn-train")
+    x = rng.normal(2.0, 3.0, (4, 3, 3, 2))
+    scale, bias = np.array([1.5, -0.5]), np.array([0.25, 2.0])
+    old_mean, old_var = np.array([0.5, -1.0]), np.array([2.0, 3.0])
+    params = {"scale": _f32(scale), "bias": _f32(bias)}
+    state = {"mean": _f32(old_mean), "var": _f32(old_var)}
+
+    y, new_state = layer.apply(params, state, _f32(x), train=True)
+
+    mean = x.mean(axis=(0, 1, 2))
+    var = ((x - mean) ** 2).mean(axis=(0, 1, 2))  # biased: divide by N, not N - 1
+    np.testing.assert_allclose(np.asarray(y), (x - mean) / np.sqrt(var + eps) * scale + bias,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(new_state["mean"]),
+                               momentum * old_mean + (1 - momentum) * mean, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(new_state["var"]),
+                               momentum * old_var + (1 - momentum) * var, rtol=1e-5)
+    y_jit, s_jit = jax.jit(lambda p, s, x: layer.apply(p, s, x, train=True))(params, state,
+                                                                             _f32(x))
+    np.testing.assert_allclose(np.asarray(y_jit), np.asarray(y), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s_jit["var"]), np.asarray(new_state["var"]), rtol=1e-6)
+
+
+def test_batchnorm_eval_uses_running_statistics_and_keeps_state():
+    eps = 1e-5
+    layer = L.BatchNorm(epsilon=eps)
+    assert layer.init(KEY, (None, 5, 3))[0] == (None, 5, 3)
+    rng = _rng("bn-eval")
+    x = rng.normal(size=(4, 5, 3))
+    scale, bias = np.array([1.0, 2.0, -1.0]), np.array([0.0, 0.5, -0.5])
+    mean, var = np.array([0.3, -2.0, 1.0]), np.array([0.5, 4.0, 9.0])
+    params = {"scale": _f32(scale), "bias": _f32(bias)}
+    state = {"mean": _f32(mean), "var": _f32(var)}
+    for apply in (layer.apply, jax.jit(layer.apply)):
+        y, new_state = apply(params, state, _f32(x))
+        np.testing.assert_allclose(np.asarray(y), (x - mean) / np.sqrt(var + eps) * scale + bias,
+                                   rtol=1e-5, atol=1e-5)
+        for k in ("mean", "var"):
+            np.testing.assert_array_equal(np.asarray(new_state[k]), np.asarray(state[k]))
+
+
+def test_batchnorm_on_dense_features_and_without_scale_or_bias():
+    layer = L.BatchNorm(use_scale=False, use_bias=False)
+    out_shape, params, state = layer.init(KEY, (None, 4))
+    assert out_shape == (None, 4) and params == {}
+    assert state["mean"].shape == (4,)
+    x = _rng("bn-dense").normal(1.0, 2.0, (16, 4))
+    y, _ = layer.apply(params, state, _f32(x), train=True)
+    np.testing.assert_allclose(np.asarray(y), (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5),
+                               rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dropout_drops_the_stated_fraction_and_rescales():
+    rate, n = 0.3, 100_000
+    layer = L.Dropout(rate)
+    assert layer.init(KEY, (None, n))[0] == (None, n)
+    x = _rng("drop").uniform(0.5, 1.5, (1, n)).astype(np.float32)  # never 0
+    y, state = layer.apply({}, {}, jnp.asarray(x), key=jax.random.key(3), train=True)
+    y = np.asarray(y)
+    assert state == {}
+    dropped = y == 0
+    se = math.sqrt(rate * (1 - rate) / n)  # binomial standard error of the dropped fraction
+    assert abs(dropped.mean() - rate) < 4 * se
+    np.testing.assert_allclose(y[~dropped], x[~dropped] / (1 - rate), rtol=1e-6)
+    # on ones, each output is 1 / (1 - rate) with probability 1 - rate: mean 1,
+    # variance rate / (1 - rate)
+    ones, _ = layer.apply({}, {}, jnp.ones((1, n)), key=jax.random.key(4), train=True)
+    assert abs(float(np.asarray(ones).mean()) - 1.0) < 4 * math.sqrt(rate / (1 - rate) / n)
+
+
+def test_dropout_is_identity_at_inference_and_needs_a_key_in_training():
+    layer = L.Dropout(0.5)
+    x = jnp.asarray(_rng("drop-eval").normal(size=(2, 3, 3, 2)), jnp.float32)
+    y, _ = layer.apply({}, {}, x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    y, _ = layer.apply({}, {}, x, key=jax.random.key(0), train=False)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    with pytest.raises(ValueError, match=r"Dropout layer: train=True needs a PRNG key"):
+        layer.apply({}, {}, x, train=True)
+    net = L.serial(L.Flatten(), L.Dropout(0.5))
+    with pytest.raises(ValueError, match=r"Dropout layer 'dropout1': train=True needs a PRNG key"):
+        net.apply({}, {}, x, train=True)
+    y0, _ = L.Dropout(0.0).apply({}, {}, x, train=True)  # nothing to drop, no key needed
+    np.testing.assert_array_equal(np.asarray(y0), np.asarray(x))
+
+
+def test_dropout_masks_differ_between_keys_and_between_layers():
+    layer = L.Dropout(0.5)
+    x = jnp.ones((1, 1000))
+    a, _ = layer.apply({}, {}, x, key=jax.random.key(1), train=True)
+    b, _ = layer.apply({}, {}, x, key=jax.random.key(2), train=True)
+    a2, _ = layer.apply({}, {}, x, key=jax.random.key(1), train=True)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(a2))
+    assert not np.array_equal(np.asarray(a), np.asarray(b))
+    a_jit, _ = jax.jit(lambda x, k: layer.apply({}, {}, x, key=k, train=True))(
+        x, jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(a_jit), np.asarray(a))
+    # inside a combinator each Dropout gets its own key
+    net = L.parallel(L.Dropout(0.5), L.Dropout(0.5))
+    y, _ = net.apply({}, {}, x, key=jax.random.key(1), train=True)
+    assert not np.array_equal(np.asarray(y[:, :1000]), np.asarray(y[:, 1000:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients against finite differences, in float64
+# ---------------------------------------------------------------------------------------------
+
+
+def _grad_cases():
+    # (id, layer, x_shape, input kind, apply kwargs, order); few distinct shapes, so the
+    # compiled helpers of check_grads are shared between cases
+    img, vec = (2, 4, 4, 2), (2, 6)
+    return [
+        ("conv", _fast(3, 3, stride=2, padding="SAME"), img, "any", {}, 1),
+        ("conv-dilated-grouped", _fast(4, (2, 3), dilation=2, groups=2,
+                                       padding=((1, 0), (0, 2))), img, "any", {}, 1),
+        ("dense", _fast_dense(3), vec, "any", {}, 2),
+        ("maxpool", L.MaxPool(2, stride=1, padding="SAME"), img, "distinct", {}, 1),
+        ("maxpool-ceil", L.MaxPool(3, stride=2, ceil_mode=True), img, "distinct", {}, 1),
+        ("avgpool", L.AvgPool(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+         img, "any", {}, 1),
+        ("globalmaxpool", L.GlobalMaxPool(), img, "distinct", {}, 1),
+        ("globalavgpool", L.GlobalAvgPool(), img, "any", {}, 1),
+        ("flatten", L.Flatten(), img, "any", {}, 1),
+        ("batchnorm-train", L.BatchNorm(), img, "any", {"train": True}, 2),
+        ("batchnorm-eval", L.BatchNorm(), img, "any", {}, 1),
+        ("dropout", L.Dropout(0.4), vec, "any", {"train": True, "key": jax.random.key(9)}, 1),
+        ("relu", L.Relu(), vec, "nonzero", {}, 1),
+        ("sigmoid", L.Sigmoid(), vec, "any", {}, 2),
+        ("tanh", L.Tanh(), vec, "any", {}, 1),
+        ("leakyrelu", L.LeakyRelu(0.1), vec, "nonzero", {}, 1),
+        ("elu", L.Elu(0.7), vec, "nonzero", {}, 1),
+        ("softmax", L.Softmax(), vec, "any", {}, 1),
+        ("serial", L.serial(_fast(2, 3), L.Tanh(), L.Flatten(), _fast_dense(3)), img, "any", {},
+         1),
+        ("parallel", L.parallel(_fast(2, 1), _fast(3, 3, padding="SAME")), img, "any", {}, 1),
+        ("residual", L.residual(_fast(2, 3, padding="SAME"), L.Sigmoid(), shortcut=_fast(2, 1)),
+         img, "any", {}, 1),
+    ]
+
+
+@pytest.mark.parametrize("case", _grad_cases(), ids=lambda c: c[0])
+def test_gradients_match_finite_differences(case):
+    _, layer, x_shape, kind, kwargs, order = case
+    _, params, state = layer.init(jax.random.key(2), (None, *x_shape[1:]))
+    rng = _rng("grad", case[0])
+    x = {"any": lambda: rng.normal(size=x_shape),
+         "nonzero": lambda: _away_from_zero(rng, x_shape),
+         "distinct": lambda: _distinct(rng, x_shape)}[kind]()
+    with jax.enable_x64(True):
+        params64, state64, x64 = _f64(params), _f64(state), np.asarray(x, np.float64)
+
+        @jax.jit
+        def f(p, x):
+            return layer.apply(p, state64, x, **kwargs)[0]
+
+        assert f(params64, x64).dtype == jnp.float64
+        check_grads(f, (params64, x64), order=order, modes=("rev",), eps=1e-4, atol=1e-5,
+                    rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Combinators: hand compositions, names, state threading
+# ---------------------------------------------------------------------------------------------
+
+
+def test_serial_equals_the_composition_of_its_children():
+    c, d = _fast(3, 3, w_init=_np_init(5), b_init=_np_init(6)), _fast_dense(2, w_init=_np_init(7))
+    net = L.serial(c, L.Relu(), L.Flatten(), d)
+    out_shape, params, state = net.init(KEY, (None, 5, 5, 2))
+    assert out_shape == (None, 2)
+    assert set(params) == {"conv1", "dense1"} and state == {}
+    x = _f32(_rng("serial").normal(size=(2, 5, 5, 2)))
+    h, _ = c.apply(params["conv1"], {}, x)
+    want, _ = d.apply(params["dense1"], {}, jnp.maximum(h, 0).reshape(2, -1))
+    y, _ = net.apply(params, state, x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(want), **TOL)
+
+
+@pytest.mark.parametrize("combine", ["concat", "sum"])
+def test_parallel_equals_its_branches_merged(combine):
+    a = _fast(3, 3, padding="SAME", w_init=_np_init(8))
+    b = _fast(2 if combine == "concat" else 3, 1, w_init=_np_init(9))
+    net = L.parallel(a, b, L.Relu(), combine=combine)
+    in_shape = (None, 4, 4, 3)
+    out_shape, params, state = net.init(KEY, in_shape)
+    assert set(params) == {"conv1", "conv2"} and state == {}
+    x = _f32(_rng("par", combine).normal(size=(2, 4, 4, 3)))
+    ya, _ = a.apply(params["conv1"], {}, x)
+    yb, _ = b.apply(params["conv2"], {}, x)
+    yr = np.maximum(np.asarray(x), 0)
+    if combine == "concat":
+        want = np.concatenate([np.asarray(ya), np.asarray(yb), yr], axis=-1)
+        assert out_shape == (None, 4, 4, 3 + 2 + 3)
+    else:
+        want = np.asarray(ya) + np.asarray(yb) + yr
+        assert out_shape == (None, 4, 4, 3)
+    y, _ = net.apply(params, state, x)
+    np.testing.assert_allclose(np.asarray(y), want, **TOL)
+
+
+def test_residual_identity_and_projection_equal_the_hand_sum():
+    x = _f32(_rng("res").normal(size=(2, 6, 6, 3)))
+    c1, c2 = _fast(3, 3, padding="SAME"), _fast(3, 3, padding="SAME")
+    ident = L.residual(c1, L.Relu(), c2)
+    shape, params, state = ident.init(KEY, (None, 6, 6, 3))
+    assert shape == (None, 6, 6, 3) and set(params) == {"conv1", "conv2"}
+    h, _ = c1.apply(params["conv1"], {}, x)
+    body, _ = c2.apply(params["conv2"], {}, jnp.maximum(h, 0))
+    y, _ = ident.apply(params, state, x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(body + x), **TOL)
+
+    down, proj = _fast(5, 3, stride=2, padding="SAME"), _fast(5, 1, stride=2)
+    block = L.residual(down, shortcut=proj)
+    shape, params, state = block.init(KEY, (None, 6, 6, 3))
+    assert shape == (None, 3, 3, 5) and set(params) == {"conv1", "shortcut"}
+    body, _ = down.apply(params["conv1"], {}, x)
+    skip, _ = proj.apply(params["shortcut"], {}, x)
+    y, _ = block.apply(params, state, x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(body + skip), **TOL)
+    y_jit, _ = jax.jit(block.apply)(params, state, x)
+    np.testing.assert_allclose(np.asarray(y_jit), np.asarray(y), **TOL)
+
+
+def test_param_names_are_readable_stable_and_nested():
+    net = L.serial(_fast(2, 3), L.Relu(), _fast(2, 3), L.Flatten(), _fast_dense(3))
+    _, params, state = net.init(KEY, (None, 6, 6, 1))
+    assert set(params) == {"conv1", "conv2", "dense1"} and state == {}
+    assert set(params["conv1"]) == {"w", "b"}
+
+    named = L.serial(_fast(2, 3, name="edges"), _fast(2, 3), L.Flatten(),
+                     _fast_dense(3, name="out"))
+    _, params, _ = named.init(KEY, (None, 6, 6, 1))
+    assert set(params) == {"edges", "conv1", "out"}
+
+    # a user name that looks like a generated one is skipped by the counter
+    clash = L.serial(_fast(2, 3), _fast(2, 1, name="conv1"))
+    _, params, _ = clash.init(KEY, (None, 6, 6, 1))
+    assert set(params) == {"conv1", "conv2"}
+    assert params["conv1"]["w"].shape == (1, 1, 2, 2)  # the named one keeps its name
+
+    nested = L.serial(_fast(2, 3), L.serial(_fast(2, 3), L.BatchNorm(), name="block"),
+                      L.serial(L.Flatten(), _fast_dense(3)), _fast_dense(2))
+    _, params, state = nested.init(KEY, (None, 7, 7, 1))
+    assert set(params) == {"conv1", "block", "serial1", "dense1"}
+    assert set(params["block"]) == {"conv1", "batchnorm1"}
+    assert set(params["serial1"]) == {"dense1"}
+    assert set(state) == {"block"} and set(state["block"]) == {"batchnorm1"}
+    assert set(state["block"]["batchnorm1"]) == {"mean", "var"}
+
+
+def test_state_threads_through_serial_and_residual():
+    conv = _fast(2, 3, padding="SAME", w_init=_np_init(10))
+    net = L.serial(conv, L.residual(_fast(2, 3, padding="SAME"), L.BatchNorm(momentum=0.5)),
+                   L.Relu())
+    _, params, state = net.init(KEY, (None, 5, 5, 2))
+    assert set(state) == {"residual1"}
+    x = _f32(_rng("thread").normal(size=(3, 5, 5, 2)))
+    y, new_state = net.apply(params, state, x, train=True)
+    # the batch statistics of the inner conv's output, by hand
+    h, _ = conv.apply(params["conv1"], {}, x)
+    inner = _fast(2, 3, padding="SAME")
+    g, _ = inner.apply(params["residual1"]["conv1"], {}, h)
+    g = np.asarray(g, np.float64)
+    bn = new_state["residual1"]["batchnorm1"]
+    np.testing.assert_allclose(np.asarray(bn["mean"]), 0.5 * 0 + 0.5 * g.mean((0, 1, 2)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bn["var"]), 0.5 * 1 + 0.5 * g.var((0, 1, 2)),
+                               rtol=1e-5, atol=1e-6)
+    # inference does not touch the state
+    _, eval_state = net.apply(params, new_state, x)
+    np.testing.assert_array_equal(np.asarray(eval_state["residual1"]["batchnorm1"]["mean"]),
+                                  np.asarray(bn["mean"]))
+    # a shortcut's state lives under "shortcut"
+    block = L.residual(_fast(2, 1), shortcut=L.serial(_fast(2, 1), L.BatchNorm()))
+    _, p, s = block.init(KEY, (None, 3, 3, 2))
+    assert set(p) == {"conv1", "shortcut"} and set(s) == {"shortcut"}
+    _, s2 = block.apply(p, s, x[:, :3, :3], train=True)
+    assert set(s2) == {"shortcut"}
+    assert not np.allclose(np.asarray(s2["shortcut"]["batchnorm1"]["mean"]), 0.0)
+
+
+def test_a_users_own_layer_works_in_combinators():
+    def init(key, in_shape):
+        return in_shape, {"a": jnp.full((1,), 2.0)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x * params["a"], state
+
+    net = L.serial(L.Layer(init, apply), (init, apply), L.Relu())
+    _, params, _ = net.init(KEY, (None, 3))
+    assert set(params) == {"init1", "init2"}
+    y, _ = net.apply(params, {}, jnp.array([[1.0, -1.0, 0.5]]))
+    np.testing.assert_allclose(np.asarray(y), [[4.0, 0.0, 2.0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: ValueError (LayerError) naming the layer, the argument, the value and the need
+# ---------------------------------------------------------------------------------------------
+R = re.escape
+ERROR_CASES = [
+    ("kernel-too-large", lambda: _fast(4, 7).init(KEY, (None, 5, 5, 3)),
+     R("Conv layer: kernel_size (7, 7) spans 7x7 pixels, larger than the padded input 5x5 "
+       "(input shape (N, 5, 5, 3), padding 'VALID')")),
+    ("dilated-kernel-too-large", lambda: _fast(2, 3, dilation=3).init(KEY, (None, 6, 6, 3)),
+     R("kernel_size (3, 3) with dilation (3, 3) spans 7x7 pixels, larger than the padded input "
+       "6x6")),
+    ("window-too-large", lambda: L.MaxPool(6).init(KEY, (None, 5, 5, 3)),
+     R("MaxPool layer: window (6, 6) spans 6x6 pixels, larger than the padded input 5x5")),
+    ("groups-input", lambda: _fast(4, 3, groups=2).init(KEY, (None, 5, 5, 3)),
+     R("Conv layer: input channels (3, input shape (N, 5, 5, 3)) must be divisible by groups "
+       "(2)")),
+    ("groups-features", lambda: _fast(3, 3, groups=2),
+     R("Conv layer: features (3) must be divisible by groups (2)")),
+    ("conv-stride-0", lambda: _fast(3, 3, stride=0), R("Conv layer: stride must be >= 1, got 0")),
+    ("conv-stride-pair", lambda: _fast(3, 3, stride=(1, 0)),
+     R("Conv layer: stride must be >= 1, got (1, 0)")),
+    ("conv-kernel-0", lambda: _fast(3, 0), R("Conv layer: kernel_size must be >= 1, got 0")),
+    ("conv-dilation-0", lambda: _fast(3, 3, dilation=0),
+     R("Conv layer: dilation must be >= 1, got 0")),
+    ("conv-features-0", lambda: _fast(0, 3),
+     R("Conv layer: features must be a positive int, got 0")),
+    ("conv-groups-0", lambda: _fast(3, 3, groups=0),
+     R("Conv layer: groups must be a positive int, got 0")),
+    ("dense-features-float", lambda: _fast_dense(2.5),
+     R("Dense layer: features must be a positive int, got 2.5")),
+    ("maxpool-window-0", lambda: L.MaxPool(0), R("MaxPool layer: window must be >= 1, got 0")),
+    ("avgpool-stride-0", lambda: L.AvgPool(2, stride=0),
+     R("AvgPool layer: stride must be >= 1, got 0")),
+    ("conv-rank-3", lambda: _fast(3, 3).init(KEY, (None, 5, 5)),
+     R("Conv layer: expects input of rank 4 (N, H, W, C), got shape (N, 5, 5) of rank 3")),
+    ("maxpool-rank-2", lambda: L.MaxPool(2).init(KEY, (None, 5)),
+     R("MaxPool layer: expects input of rank 4 (N, H, W, C), got shape (N, 5) of rank 2")),
+    ("avgpool-rank-2", lambda: L.AvgPool(2).init(KEY, (None, 5)),
+     R("AvgPool layer: expects input of rank 4")),
+    ("globalavgpool-rank-2", lambda: L.GlobalAvgPool().init(KEY, (None, 5)),
+     R("GlobalAvgPool layer: expects input of rank 4 (N, H, W, C), got shape (N, 5)")),
+    ("dropout-negative", lambda: L.Dropout(-0.1),
+     R("Dropout layer: rate (the fraction dropped) must be in [0, 1), got -0.1")),
+    ("dropout-one", lambda: L.Dropout(1.0),
+     R("Dropout layer: rate (the fraction dropped) must be in [0, 1), got 1.0")),
+    ("dropout-above-one", lambda: L.Dropout(1.5), R("must be in [0, 1), got 1.5")),
+    ("dense-on-4d", lambda: _fast_dense(3).init(KEY, (None, 5, 5, 3)),
+     R("Dense layer: expects input of rank 2 (N, features), got shape (N, 5, 5, 3) of rank 4; "
+       "put Flatten() before it")),
+    ("serial-child-path", lambda: L.serial(_fast(3, 3), _fast(3, 9)).init(KEY, (None, 8, 8, 1)),
+     R("Conv layer 'conv2': kernel_size (9, 9) spans 9x9 pixels")),
+    ("nested-child-path",
+     lambda: L.serial(_fast(3, 3), L.serial(_fast(3, 1), _fast_dense(2), name="block")).init(
+         KEY, (None, 8, 8, 1)),
+     R("Dense layer 'block/dense1': expects input of rank 2") + ".*" + R("put Flatten()")),
+    ("residual-mismatch", lambda: L.residual(_fast(4, 3, padding="SAME")).init(
+        KEY, (None, 8, 8, 3)),
+     R("Residual layer: the body's output (N, 8, 8, 4) and the shortcut's (N, 8, 8, 3) differ")
+     + ".*shortcut=Conv"),
+    ("named-residual-path", lambda: L.serial(L.residual(_fast(4, 3, padding="SAME"),
+                                                        name="block")).init(KEY, (None, 8, 8, 3)),
+     R("Residual layer 'block': the body's output (N, 8, 8, 4)")),
+    ("named-leaf-path", lambda: L.serial(L.Relu(), _fast(4, 7, name="big")).init(
+        KEY, (None, 5, 5, 3)),
+     R("Conv layer 'big': kernel_size (7, 7)")),
+    ("named-nested-leaf-path", lambda: L.serial(L.serial(_fast_dense(3, name="head"),
+                                                         name="block")).init(KEY, (None, 5, 5, 3)),
+     R("Dense layer 'block/head': expects input of rank 2")),
+    ("residual-bad-shortcut", lambda: L.residual(_fast(4, 3, padding="SAME"),
+                                                 shortcut=_fast(4, 1, stride=2)).init(
+        KEY, (None, 8, 8, 3)),
+     R("the body's output (N, 8, 8, 4) and the shortcut's (N, 4, 4, 4) differ") + ".*"
+     + R("make the shortcut's output shape match")),
+    ("parallel-concat-mismatch", lambda: L.parallel(_fast(4, 3), _fast(4, 3, padding="SAME"))
+     .init(KEY, (None, 8, 8, 3)),
+     R("Parallel layer: branch outputs must agree on all but the last axis to concat, got "
+       "conv1: (N, 6, 6, 4), conv2: (N, 8, 8, 4)")),
+    ("parallel-sum-mismatch", lambda: L.parallel(_fast(4, 1), _fast(5, 1), combine="sum")
+     .init(KEY, (None, 8, 8, 3)),
+     R("Parallel layer: branch outputs must agree on every axis to sum")),
+    ("parallel-combine", lambda: L.parallel(L.Relu(), combine="mean"),
+     R("Parallel layer: combine must be 'concat' or 'sum', got 'mean'")),
+    ("negative-padding", lambda: _fast(4, 3, padding=-1),
+     R("Conv layer: padding must be >= 0, got -1")),
+    ("negative-explicit-padding", lambda: L.MaxPool(2, padding=((1, -1), (0, 0))),
+     R("MaxPool layer: padding must be") + ".*" + R("got ((1, -1), (0, 0))")),
+    ("bad-padding-string", lambda: _fast(4, 3, padding="FULL"),
+     R("Conv layer: padding must be 'VALID', 'SAME', an int or ((top, bottom), (left, right)), "
+       "got 'FULL'")),
+    ("bn-momentum-1", lambda: L.BatchNorm(momentum=1.0),
+     R("BatchNorm layer: momentum must be in [0, 1), got 1.0")),
+    ("bn-momentum-negative", lambda: L.BatchNorm(momentum=-0.1),
+     R("BatchNorm layer: momentum must be in [0, 1), got -0.1")),
+    ("bn-epsilon-0", lambda: L.BatchNorm(epsilon=0.0),
+     R("BatchNorm layer: epsilon must be > 0, got 0.0")),
+    ("bn-epsilon-negative", lambda: L.BatchNorm(epsilon=-1e-5),
+     R("epsilon must be > 0, got -1e-05")),
+    ("uncalled-constructor", lambda: L.serial(_fast(2, 3), L.Relu),
+     R("Serial layer: argument 1 must be a Layer (init, apply), got function; did you forget "
+       "to call it, e.g. Relu()?")),
+    ("uncalled-in-parallel", lambda: L.parallel(L.Relu), R("Parallel layer: argument 0")),
+    ("empty-serial", lambda: L.serial(), R("Serial layer: needs at least one layer, got none")),
+    ("duplicate-names", lambda: L.serial(L.Relu(name="a"), L.Tanh(name="a")),
+     R("child names must be unique, got ['a'] twice")),
+    ("reserved-shortcut", lambda: L.residual(L.Relu(name="shortcut")),
+     R("Residual layer: the name 'shortcut' is reserved")),
+    ("zero-size-input", lambda: _fast(3, 3).init(KEY, (None, 0, 5, 3)),
+     R("Conv layer: in_shape must be a tuple of ints with the batch first (None allowed for the "
+       "batch), got (None, 0, 5, 3)")),
+    ("leaky-nan", lambda: L.LeakyRelu(float("nan")),
+     R("LeakyRelu layer: negative_slope must be a finite number, got nan")),
+    ("elu-str", lambda: L.Elu("1"), R("Elu layer: alpha must be a finite number, got '1'")),
+    ("batchnorm-rank-1", lambda: L.BatchNorm().init(KEY, (None,)),
+     R("BatchNorm layer: expects input of rank >= 2")),
+    ("dense-apply-wrong-width", lambda: _fast_dense(3).apply(
+        {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}, {}, jnp.ones((2, 5))),
+     R("Dense layer: expects input (N, 4), got shape (2, 5)")),
+    ("conv-apply-wrong-rank", lambda: L.serial(_fast(3, 3)).apply(
+        {"conv1": {"w": jnp.ones((3, 3, 1, 3)), "b": jnp.ones(3)}}, {}, jnp.ones((2, 5, 5))),
+     R("Conv layer 'conv1': conv2d: input must have rank 4")),
+]
+
+
+@pytest.mark.parametrize("make, pattern", [c[1:] for c in ERROR_CASES],
+                         ids=[c[0] for c in ERROR_CASES])
+def test_bad_configuration_raises_layer_error(make, pattern):
+    with pytest.raises(ValueError, match=pattern) as info:
+        make()
+    assert isinstance(info.value, LayerError)
