@@ -119,7 +119,8 @@ def _check_shape(kind: str, name: str | None, in_shape: Any, rank: int | None,
                  layout: str, *, min_rank: int | None = None) -> None:
     ok = isinstance(in_shape, tuple | list) and all(
         d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in in_shape)
-    if ok and len(in_shape) and any(d is None or d < 1 for d in in_shape[1:]):
+    if ok and (not len(in_shape) or any(d is None or d < 1 for d in in_shape[1:])
+               or (in_shape[0] is not None and in_shape[0] < 1 and in_shape[0] != -1)):
         ok = False
     if not ok:
         raise LayerError(kind, name, f"in_shape must be a tuple of ints with the batch first "
@@ -393,13 +394,20 @@ def Elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
     return _stateless("Elu", "elu", lambda x: ops.elu(x, alpha), name)
 
 
+def _check_axis(axis: Any, kind: str, name: str | None) -> None:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise LayerError(kind, name, f"axis must be an int, got {axis!r}")
+
+
 def Softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Probabilities along ``axis`` (the classes, last by default)."""
+    _check_axis(axis, "Softmax", name)
     return _stateless("Softmax", "softmax", lambda x: ops.softmax(x, axis), name)
 
 
 def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Log-probabilities along ``axis``."""
+    _check_axis(axis, "LogSoftmax", name)
     return _stateless("LogSoftmax", "logsoftmax", lambda x: ops.log_softmax(x, axis), name)
 
 
@@ -469,6 +477,10 @@ def BatchNorm(
             raise LayerError(kind, name, f"{what} must be {need}, got {v!r}")
 
     def apply(params, state, x, *, key=None, train=False):
+        if x.ndim < 2 or x.shape[-1] != state["mean"].shape[0]:
+            raise LayerError(kind, name, f"expects input (N, ..., {state['mean'].shape[0]}) "
+                             f"with the channels it was initialised on, got shape "
+                             f"{tuple(x.shape)}")
         axes = tuple(range(x.ndim - 1))
         if train:
             mean = jnp.mean(x, axes)

@@ -165,8 +165,8 @@ def conv_output_size(
     if not ceil_mode:
         return span // stride + 1
     out = -(-span // stride) + 1
-    if (out - 1) * stride >= n + lo:
-        out -= 1
+    if out > span // stride + 1 and (out - 1) * stride >= n + lo:
+        out -= 1  # the extra window rounding up added would start in the right padding
     return out
 
 

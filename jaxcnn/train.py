@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from jaxcnn import data as data_lib
+from jaxcnn import distributed
 from jaxcnn._types import Array, Key, Params, Shape, State
 from jaxcnn.layers import Layer
 from jaxcnn.losses import accuracy, softmax_cross_entropy
@@ -179,7 +180,6 @@ def make_epoch_fn(
                              f"{batch_size} and mesh shape {dict(mesh.shape)}")
         split_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
             mesh.axis_names[0]))
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def shard(batch):
         if mesh is None:
@@ -187,7 +187,14 @@ def make_epoch_fn(
         return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, split_rows), batch)
 
     def place(tree):
-        return tree if mesh is None else jax.device_put(tree, replicated)
+        # With a mesh: replicated over it, each process filling its own devices from the copy
+        # it holds, so this works as well when the mesh spans several processes.
+        return jax.tree.map(jnp.asarray, tree) if mesh is None else distributed.replicate(
+            tree, mesh)
+
+    def place_batch(batch):
+        # With a mesh: each process puts only its own devices' rows of the batch.
+        return place(batch) if mesh is None else distributed.shard_batch(batch, mesh)
 
     def body(carry, batch):
         ts, halted = carry
@@ -202,7 +209,7 @@ def make_epoch_fn(
                                       drop_remainder=True)
 
     if driver == "scan":
-        dev_images, dev_labels = place(jnp.asarray(images)), place(jnp.asarray(labels))
+        dev_images, dev_labels = place(images), place(labels)
 
         @jax.jit
         def scan_epoch(ts, images, labels, idx):
@@ -213,8 +220,7 @@ def make_epoch_fn(
             return ts, metrics
 
         def run(ts, *, seed, epoch):
-            ts, metrics = scan_epoch(place(ts), dev_images, dev_labels,
-                                     place(jnp.asarray(order(seed, epoch))))
+            ts, metrics = scan_epoch(place(ts), dev_images, dev_labels, place(order(seed, epoch)))
             return ts, jax.device_get(metrics)
 
         return run
@@ -226,9 +232,9 @@ def make_epoch_fn(
         return jax.lax.scan(body, carry, (images[None], labels[None]))
 
     def run(ts, *, seed, epoch):
-        carry, out = (place(ts), place(jnp.array(False))), []
+        carry, out = (place(ts), place(np.array(False))), []
         for rows in order(seed, epoch):
-            carry, metrics = step(carry, jnp.asarray(images[rows]), jnp.asarray(labels[rows]))
+            carry, metrics = step(carry, *place_batch((images[rows], labels[rows])))
             out.append(metrics)
         stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *out))
         return carry[0], stacked
