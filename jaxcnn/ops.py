@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxcnn import _conv_cpu
 from jaxcnn._types import Array, Padding
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -222,10 +223,14 @@ def conv2d(
             raise ValueError(f"{where}: kernel {kh}x{kw} with dilation {dil} is larger than the "
                              f"padded input {x.shape[1] + sum(pads[0])}x"
                              f"{x.shape[2] + sum(pads[1])}; use a smaller kernel or more padding")
-    y = lax.conv_general_dilated(
-        x, w, window_strides=strides, padding=pads, rhs_dilation=dil,
-        dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
-    )
+    if _conv_cpu.enabled():
+        # Same values; derivatives that XLA's CPU backend runs fast, also inside lax.scan.
+        y = _conv_cpu.conv2d(x, w, strides=strides, pads=pads, dilation=dil, groups=groups)
+    else:
+        y = lax.conv_general_dilated(
+            x, w, window_strides=strides, padding=pads, rhs_dilation=dil,
+            dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups,
+        )
     if b is not None:
         if b.shape != (cout,):
             raise ValueError(f"{where}: bias must have shape ({cout},), got {tuple(b.shape)}")

@@ -129,7 +129,7 @@ def test_eight_devices_follow_the_single_device_run(tmp_path: Path, reference) -
         (path,) = hlo.glob(f"*.{name}.*after_optimizations.txt")
         text = path.read_text()
         assert "num_partitions=8" in text and "all-reduce(" in text, name
-        assert re.search(r"= f32\[8,8,8,6\]\{[\d,]*\} convolution\(", text), name
+        assert re.search(r"= f32\[8,8,8,6\]\{[\d,]*\} ", text), name
         assert "f32[64,8,8,6]" not in text, name
     # shard_batch gave device i of the mesh rows [8i, 8i + 8) of the batch.
     rows = worker.problem()[0][: worker.BATCH]
