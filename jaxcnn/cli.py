@@ -1,0 +1,367 @@
+"""The command line: experiment scripts' overrides and the ``jaxcnn`` console command.
+
+Experiment scripts hand their config to :func:`run_main`, which applies ``--key value``
+overrides (``--epochs 3 --lr 0.05 --runs-dir runs``; ``-`` and ``_`` alike; a bool field also
+takes ``--normalize``/``--no-normalize``), or continues a run with ``--resume RUN_DIR``
+(``--force`` to allow changing keys that would make the continuation meaningless). An unknown key
+or a value of the wrong type prints the error with the list of valid keys and exits with 2.
+
+``jaxcnn`` subcommands:
+
+- ``jaxcnn run EXPERIMENT [overrides]``: EXPERIMENT is a script path (``experiments/x.py``) or a
+  name looked up as ``experiments/<name>.py`` in the current folder, then beside the installed
+  package's source tree (a source checkout or editable install);
+- ``jaxcnn resume RUN_DIR [overrides] [--force]``: continue a run (no script needed);
+- ``jaxcnn runs [DIR]``: a table of the runs under DIR (default ``runs``);
+- ``jaxcnn summary EXPERIMENT [overrides]``: the model table;
+- ``jaxcnn list``: the experiments found.
+
+Exit codes: 0 done, 1 a run failed (non-finite loss, unusable checkpoint or folder), 2 a bad
+command line or config, 130/143 stopped by SIGINT/SIGTERM after a checkpoint.
+
+argparse (the standard library) parses the subcommands; the overrides are checked by
+:func:`jaxcnn.config.override`, the same code the Python API uses, so both refuse the same
+things with the same message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from jaxcnn import config as config_lib
+from jaxcnn.errors import ConfigError, JaxcnnError, RunError
+
+__all__ = ["find_experiments", "load_experiment", "main", "parse_overrides", "resolve_experiment",
+           "run_main", "runs_table"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides
+
+
+def parse_overrides(args: Sequence[str], config: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """Split ``args`` into config overrides ``{key: raw string}`` and the runner's own options
+    (``resume``: a folder or None, ``force``: bool, ``help``: bool).
+
+    ``--key value``, ``--key=value``; for bool fields ``--key`` alone means true and
+    ``--no-key`` false. Keys are checked against ``config``'s fields (ConfigError with the list
+    of valid keys); the values are parsed later by :func:`jaxcnn.config.override`.
+    """
+    types_ = config_lib.field_types(type(config))
+    valid = ", ".join(types_)
+    overrides: dict[str, str] = {}
+    options: dict[str, Any] = {"resume": None, "force": False, "help": False}
+    i = 0
+    args = list(args)
+    while i < len(args):
+        tok = args[i]
+        i += 1
+        if tok in ("-h", "--help"):
+            options["help"] = True
+            continue
+        if not tok.startswith("--") or tok == "--":
+            raise ConfigError(f"unexpected argument {tok!r}: overrides are --key value pairs; "
+                              f"valid keys are {valid}")
+        name, eq, value = tok[2:].partition("=")
+        key = name.replace("-", "_")
+        if key == "force":
+            options["force"] = True
+            continue
+        if key.startswith("no_") and key[3:] in types_ and types_[key[3:]] is bool and not eq:
+            overrides[key[3:]] = "false"
+            continue
+        if key == "resume" or key in types_:
+            if not eq:
+                if i < len(args) and not args[i].startswith("--"):
+                    value = args[i]
+                    i += 1
+                elif key in types_ and types_[key] is bool:
+                    value = "true"
+                else:
+                    raise ConfigError(f"--{name} needs a value, e.g. --{name} VALUE; valid keys "
+                                      f"are {valid}")
+            if key == "resume":
+                options["resume"] = value
+            else:
+                overrides[key] = value
+            continue
+        config_lib.override(config, {key: ""})  # raises the unknown-key error with suggestions
+    return overrides, options
+
+
+def _usage(config: Any, prog: str) -> str:
+    lines = [f"usage: {prog} [--KEY VALUE ...] [--resume RUN_DIR [--force]]", "",
+             "config keys (default for this experiment):"]
+    for key, tp in config_lib.field_types(type(config)).items():
+        value = getattr(config, key)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        lines.append(f"  --{key.replace('_', '-'):<26} {config_lib._type_name(tp):<16} {shown}")
+    lines += ["", "  --resume RUN_DIR             continue the run in RUN_DIR (its config.json "
+              "is the base)", "  --force                      allow changing keys that make a "
+              "resumed run a different run"]
+    return "\n".join(lines)
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def run_main(config: Any, argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run ``config`` (an experiment script's ``get_config()``) with the overrides in ``argv``
+    (default ``sys.argv[1:]``), or resume a run with ``--resume RUN_DIR``; returns the exit code.
+
+    >>> raise SystemExit(run_main(get_config()))  # doctest: +SKIP
+    """
+    from jaxcnn import experiment
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        overrides, options = parse_overrides(argv, config)
+        if options["help"]:
+            print(_usage(config, prog))
+            return EXIT_OK
+        if options["resume"] is not None:
+            return _finish(lambda: experiment.resume(options["resume"], overrides=overrides,
+                                                     force=options["force"]))
+        if options["force"]:
+            raise ConfigError("--force only applies with --resume RUN_DIR")
+        cfg = config_lib.override(config, overrides)
+    except ConfigError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    return _finish(lambda: experiment.run(cfg))
+
+
+def _finish(job) -> int:
+    from jaxcnn.experiment import RunInterrupted
+
+    try:
+        result = job()
+    except ConfigError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    except RunInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)  # names the exact resume command
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except JaxcnnError as e:
+        _error(str(e))
+        return EXIT_FAILED
+    acc = result.final.get("test_accuracy")
+    done = "" if result.completed else " (stopped early; resume to continue)"
+    if acc is not None:
+        print(f"run {result.run_dir}: test_accuracy={acc:.4f} "
+              f"best_test_accuracy={result.best_test_accuracy:.4f}{done}")
+    else:
+        print(f"run {result.run_dir}: done")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding experiments
+
+
+def _experiment_dirs() -> list[Path]:
+    dirs = [Path.cwd() / "experiments"]
+    source = Path(__file__).resolve().parent.parent / "experiments"
+    if source.resolve() != dirs[0].resolve():
+        dirs.append(source)
+    return dirs
+
+
+def find_experiments() -> dict[str, Path]:
+    """``{name: script}`` of the experiment scripts in ``./experiments`` and beside the
+    package's source tree (the current folder's win)."""
+    found: dict[str, Path] = {}
+    for folder in _experiment_dirs():
+        if folder.is_dir():
+            for p in sorted(folder.glob("*.py")):
+                if not p.name.startswith("_"):
+                    found.setdefault(p.stem, p)
+    return found
+
+
+def resolve_experiment(spec: str) -> Path:
+    """The script of experiment ``spec``: a path to a ``.py`` file, or a name looked up in
+    ``./experiments/`` then in the package source tree's ``experiments/``."""
+    path = Path(spec)
+    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+        if path.is_file():
+            return path
+        raise ConfigError(f"experiment script {spec} does not exist; pass a path to an "
+                          f"experiment .py file or a name from: {', '.join(find_experiments())}")
+    for folder in _experiment_dirs():
+        candidate = folder / f"{spec}.py"
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(find_experiments()) or "none found"
+    looked = ", ".join(str(d) for d in _experiment_dirs())
+    raise ConfigError(f"experiment {spec!r} is not in {looked}; valid names are {names}, or "
+                      f"pass a path to a script")
+
+
+def load_experiment(spec: str) -> ModuleType:
+    """Import experiment ``spec`` (see :func:`resolve_experiment`); it must define
+    ``get_config()``."""
+    path = resolve_experiment(spec)
+    name = f"_jaxcnn_experiment_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"experiment script {path} cannot be imported")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"experiment script {path} has no get_config() function; define one "
+                          f"that returns a jaxcnn.config.Config")
+    return module
+
+
+# ----------------------------------------------------------------------------------------------
+# jaxcnn runs
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _acc(v: Any) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, int | float) else "-"
+
+
+def _duration(v: Any) -> str:
+    if not isinstance(v, int | float):
+        return "-"
+    m, s = divmod(int(round(v)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{v:.1f}s"
+
+
+def runs_table(directory: str | os.PathLike[str] = "runs") -> str:
+    """A text table of the runs under ``directory``: experiment, start time, key hparams, final
+    and best test accuracy, epochs done/planned, wall time and status, oldest first."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise RunError(f"runs folder {root} does not exist; pass the folder your runs went to "
+                       f"(--runs-dir)")
+    rows = []
+    for cfg_path in root.glob("**/config.json"):
+        folder = cfg_path.parent
+        cfg, status = _read_json(cfg_path), _read_json(folder / "run.json")
+        if not cfg:
+            continue
+        final = status.get("final") or {}
+        rows.append((status.get("start_time", ""), [
+            str(folder.relative_to(root)) if folder != root else folder.name,
+            str(cfg.get("experiment", "?")),
+            status.get("start_time", "?").replace("T", " "),
+            str(cfg.get("model", "-")), str(cfg.get("dataset", "-")),
+            str(cfg.get("optimizer", "-")), str(cfg.get("lr", "-")),
+            str(cfg.get("batch_size", "-")), str(cfg.get("seed", "-")),
+            _acc(final.get("test_accuracy")), _acc(status.get("best_test_accuracy")),
+            f"{status.get('epochs_done', 0)}/{status.get('epochs', cfg.get('epochs', '?'))}",
+            _duration(status.get("wall_time_s")), str(status.get("status", "?"))]))
+    head = ["run", "experiment", "start", "model", "dataset", "optimizer", "lr", "batch", "seed",
+            "test acc", "best test acc", "epochs", "wall time", "status"]
+    if not rows:
+        return f"no runs under {root}"
+    body = [r for _, r in sorted(rows, key=lambda r: r[0])]
+    widths = [max(len(x[i]) for x in (head, *body)) for i in range(len(head))]
+    right = {6, 7, 8, 9, 10, 11, 12}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+# ----------------------------------------------------------------------------------------------
+# jaxcnn
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxcnn", description="Run, resume and compare jaxcnn "
+                                "experiments.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run an experiment: jaxcnn run NAME|PATH [--key value ...]",
+                       add_help=False)
+    r.add_argument("experiment")
+    r.add_argument("overrides", nargs=argparse.REMAINDER)
+    s = sub.add_parser("resume", help="continue a run: jaxcnn resume RUN_DIR [--key value ...] "
+                       "[--force]", add_help=False)
+    s.add_argument("run_dir")
+    s.add_argument("overrides", nargs=argparse.REMAINDER)
+    t = sub.add_parser("runs", help="compare the runs under DIR (default: runs)")
+    t.add_argument("dir", nargs="?", default="runs")
+    m = sub.add_parser("summary", help="print an experiment's model table", add_help=False)
+    m.add_argument("experiment")
+    m.add_argument("overrides", nargs=argparse.REMAINDER)
+    sub.add_parser("list", help="list the experiments found")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``jaxcnn`` console command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "runs":
+            print(runs_table(args.dir))
+            return EXIT_OK
+        if args.command == "list":
+            for name, path in find_experiments().items():
+                print(f"{name:<20} {path}")
+            return EXIT_OK
+        if args.command == "resume":
+            from jaxcnn import experiment
+
+            base = experiment.load_run_config(args.run_dir)
+            overrides, options = parse_overrides(args.overrides, base)
+            if options["help"]:
+                print(_usage(base, f"jaxcnn resume {args.run_dir}"))
+                return EXIT_OK
+            return _finish(lambda: experiment.resume(args.run_dir, overrides=overrides,
+                                                     force=options["force"]))
+        module = load_experiment(args.experiment)
+        config = module.get_config()
+        if args.command == "run":
+            return run_main(config, args.overrides, prog=f"jaxcnn run {args.experiment}")
+        overrides, options = parse_overrides(args.overrides, config)
+        if options["help"]:
+            print(_usage(config, f"jaxcnn summary {args.experiment}"))
+            return EXIT_OK
+        config = config_lib.override(config, overrides)
+        from jaxcnn import experiment
+
+        if isinstance(config, config_lib.FiltersConfig):
+            print(experiment.filters_summary(config))
+        else:
+            print(f"{config.experiment}: {config.model} on {config.dataset}")
+            print(experiment.model_summary(config))
+        return EXIT_OK
+    except ConfigError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    except RunError as e:
+        _error(str(e))
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,356 @@
+"""The runner: event files read back with TensorBoard's own reader, exact resume, refusals."""
+
+import io
+import json
+import math
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image, ImageFont
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+from jaxcnn import checkpoint as ckpt
+from jaxcnn import config as C
+from jaxcnn import experiment, layers, models, visualize
+from jaxcnn.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError
+from jaxcnn.tracking import MemoryWriter
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    # Compiles are cached across the session's runs, in a folder the tests own (the same one
+    # test_cli's subprocesses use through $JAXCNN_CACHE).
+    experiment.setup_compilation_cache(tmp_path_factory.getbasetemp() / "jaxcnn_cache" / "jax")
+
+
+def _tiny(runs_dir, **kw) -> C.Config:
+    values = dict(experiment="tiny", dataset="digits", model="simple_cnn", epochs=EPOCHS,
+                  batch_size=64, lr=0.05, log_every=5, num_feature_samples=2,
+                  keep_checkpoints=2, runs_dir=str(runs_dir), schedule="step",
+                  decay_epochs=(2,))
+    # A schedule that does not depend on ``epochs``, so runs of different lengths share
+    # their compiled code through the persistent cache.
+    return C.Config(**{**values, **kw})
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """An uninterrupted 3-epoch run, with a MemoryWriter beside the TensorBoard files."""
+    memory = MemoryWriter()
+    result = experiment.run(_tiny(tmp_path_factory.mktemp("runs")), extra_writers=[memory],
+                            progress=False)
+    return result, memory
+
+
+def _accumulator(run_dir):
+    acc = ea.EventAccumulator(str(run_dir), size_guidance={
+        ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.TENSORS: 0, ea.IMAGES: 0})
+    acc.Reload()
+    return acc
+
+
+def _raw_scalar_steps(run_dir) -> dict[str, list[int]]:
+    """Every scalar (tag, step) in every event file of ``run_dir``, without purging."""
+    steps: dict[str, list[int]] = {}
+    for f in sorted(run_dir.glob("events.out.tfevents.*")):
+        for event in LegacyEventFileLoader(str(f)).Load():
+            for v in event.summary.value:
+                if v.HasField("simple_value"):
+                    steps.setdefault(v.tag, []).append(event.step)
+    assert "train/loss" in steps and "test/accuracy" in steps
+    return steps
+
+
+def _pngs(acc, tag):
+    """The decoded images of each step of image tag ``tag``: [(step, [PIL images])]."""
+    out = []
+    for ev in acc.Tensors(tag):
+        strings = ev.tensor_proto.string_val
+        out.append((ev.step, [Image.open(io.BytesIO(s)) for s in strings[2:]]))
+        for img in out[-1][1]:
+            assert img.format == "PNG"
+    return out
+
+
+def test_run_result_and_folder(full_run):
+    result, _ = full_run
+    assert result.completed and len(result.history) == EPOCHS
+    assert result.final["test_accuracy"] == result.history[-1]["test_accuracy"] > 0.8
+    assert result.best_test_accuracy == max(h["test_accuracy"] for h in result.history)
+    d = result.run_dir
+    assert d.parent.name == "tiny" and d.parent.parent == __import__("pathlib").Path(
+        result.config.runs_dir)
+    assert C.from_json((d / "config.json").read_text()) == result.config
+    assert "total" in (d / "summary.txt").read_text()
+    status = json.loads((d / "run.json").read_text())
+    assert status["status"] == "completed" and status["epochs_done"] == EPOCHS
+    assert status["final"]["test_accuracy"] == result.final["test_accuracy"]
+    kept = [p.stem for p in ckpt.checkpoints(d / "checkpoints")]
+    best = (d / "checkpoints" / "best").read_text().strip()
+    assert kept[-2:] == ["ckpt-000002", "ckpt-000003"] and best in kept
+    assert len(kept) == len({"ckpt-000002", "ckpt-000003", best})
+
+
+def test_scalars_every_n_steps_and_each_epoch(full_run):
+    result, _ = full_run
+    acc = _accumulator(result.run_dir)
+    steps_per_epoch = result.history[0]["step"]
+    total = EPOCHS * steps_per_epoch
+    every = result.config.log_every
+    epoch_steps = [h["step"] for h in result.history]
+    assert epoch_steps == [steps_per_epoch * (i + 1) for i in range(EPOCHS)]
+    for tag in ("train/loss", "train/accuracy", "train/learning_rate"):
+        assert [e.step for e in acc.Scalars(tag)] == list(range(every, total + 1, every)), tag
+    for tag in ("val/loss", "val/accuracy", "test/loss", "test/accuracy", "train/epoch_loss",
+                "train/epoch_accuracy", "perf/images_per_second", "perf/epoch_time_s"):
+        assert [e.step for e in acc.Scalars(tag)] == epoch_steps, tag
+    test_acc = [e.value for e in acc.Scalars("test/accuracy")]
+    np.testing.assert_allclose(test_acc, [h["test_accuracy"] for h in result.history],
+                               rtol=1e-6)
+    lrs = {e.step: e.value for e in acc.Scalars("train/learning_rate")}
+    # The step schedule, read from opt_state: the lr of step g is logged at g + 1.
+    assert lrs[2 * steps_per_epoch] == pytest.approx(0.05)
+    assert lrs[2 * steps_per_epoch + every] == pytest.approx(0.005)
+    assert all(v > 0 for v in (e.value for e in acc.Scalars("perf/images_per_second")))
+
+
+def test_histograms_for_every_param_and_grad(full_run):
+    result, _ = full_run
+    acc = _accumulator(result.run_dir)
+    epoch_steps = [h["step"] for h in result.history]
+    names = ["conv1/b", "conv1/w", "conv2/b", "conv2/w", "dense1/b", "dense1/w", "dense2/b",
+             "dense2/w"]
+    tags = set(acc.Tags()["histograms"])
+    assert tags == {f"{k}/{n}" for k in ("params", "grads") for n in names}
+    for tag in tags:
+        events = acc.Histograms(tag)
+        assert [e.step for e in events] == epoch_steps, tag
+        assert all(e.histogram_value.num > 0 for e in events)
+    assert acc.Histograms("params/conv1/w")[0].histogram_value.num == 3 * 3 * 1 * 32
+
+
+def test_images_decode_with_documented_sizes(full_run):
+    result, memory = full_run
+    acc = _accumulator(result.run_dir)
+    epoch_steps = [h["step"] for h in result.history]
+    n_feat = result.config.num_feature_samples
+    # (tag, number of images, width, height) from visualize's grid formulas:
+    # conv1 (3, 3, 1, 32): 32 grey tiles in a 6 x 6 grid of 3 px + 1 px pad -> 23 x 23;
+    # conv2 (3, 3, 32, 64): 64 rows x 32 columns of 3 px tiles -> 127 wide, 255 high;
+    # features after conv1 (8, 8, 32): 6 x 6 maps of 8 px -> 53; after conv2 (4, 4, 64): 8 x 8
+    # maps of 4 px -> 39; the input (8, 8, 1): one map of 8 px.
+    _, _, h1, w1 = visualize.grid_size(32, 3, 3)
+    _, _, f1h, f1w = visualize.grid_size(32, 8, 8)
+    _, _, f2h, f2w = visualize.grid_size(64, 4, 4)
+    expected = {"filters/conv1": (1, w1, h1), "filters/conv2": (1, 32 * 3 + 31, 64 * 3 + 63),
+                "features/input": (n_feat, 8, 8), "features/conv1": (n_feat, f1w, f1h),
+                "features/conv2": (n_feat, f2w, f2h)}
+    font = ImageFont.load_default()
+    names_width = max(math.ceil(font.getlength(str(i))) for i in range(10))
+    expected["test/confusion_matrix"] = (1, 6 + names_width + 10 * 32, 14 + 10 * 32)
+    for tag, (count, width, height) in expected.items():
+        steps = _pngs(acc, tag)
+        assert [s for s, _ in steps] == epoch_steps, tag
+        for _, images in steps:
+            assert len(images) == count, tag
+            assert all(img.size == (width, height) for img in images), (tag, images[0].size)
+    # Misclassified: the wrong test images, each upscaled by s = max(ceil(64 / 8), ceil((T + 2)
+    # / 8)) with T the widest "pred/true" label (at most 8 here, so s = 8), with a 14 px band.
+    wrong = round((1 - result.history[-1]["test_accuracy"]) * 360)
+    assert wrong > 0
+    widest = max(math.ceil(font.getlength(f"{p}/{t}")) for p in range(10) for t in range(10))
+    assert -(-(widest + 2) // 8) <= 8
+    _, _, height, width = visualize.grid_size(min(wrong, 36), 8 * 8 + 14, 8 * 8, pad=2)
+    (last,) = _pngs(acc, "test/misclassified")[-1][1]
+    assert last.size == (width, height) and last.mode == "RGB"
+    assert memory.images["test/misclassified"][-1][1].shape == (height, width, 3)
+
+
+def test_texts_and_hparams_in_the_run_folder(full_run):
+    result, memory = full_run
+    acc = _accumulator(result.run_dir)
+    tensors = set(acc.Tags()["tensors"])
+    assert {"config", "model_summary"} <= tensors
+    text = acc.Tensors("config")[0].tensor_proto.string_val[0].decode()
+    assert '"model": "simple_cnn"' in text and acc.Tensors("config")[0].step == 0
+    content = acc.PluginTagToContent("hparams")
+    assert set(content) == {"_hparams_/experiment", "_hparams_/session_start_info",
+                            "_hparams_/session_end_info"}
+    assert not [p for p in result.run_dir.iterdir() if p.is_dir() and p.name != "checkpoints"]
+    final_step = result.history[-1]["step"]
+    hp = acc.Scalars("hparams/test_accuracy")
+    assert [(e.step, pytest.approx(e.value)) for e in hp] == [
+        (final_step, result.final["test_accuracy"])]
+    assert memory.hparams["model"] == "simple_cnn" and memory.hparams["lr"] == 0.05
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(full_run, tmp_path):
+    full, _ = full_run
+    first = experiment.run(_tiny(tmp_path), stop_after_epochs=1, progress=False)
+    assert not first.completed and len(first.history) == 1
+    assert json.loads((first.run_dir / "run.json").read_text())["status"] == "stopped"
+    second = experiment.resume(first.run_dir, progress=False)
+    assert second.completed and second.run_dir == first.run_dir
+    assert second.history == [{**h, "epoch_time_s": g["epoch_time_s"],
+                               "images_per_second": g["images_per_second"]}
+                              for h, g in zip(full.history, second.history, strict=True)]
+    a = np.load(ckpt.latest(full.run_dir / "checkpoints"))
+    b = np.load(ckpt.latest(second.run_dir / "checkpoints"))
+    assert a.files == b.files
+    for k in a.files:  # exactly equal: same compiled epoch, same data order, same keys
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    raw_full, raw_resumed = _raw_scalar_steps(full.run_dir), _raw_scalar_steps(second.run_dir)
+    assert raw_resumed == raw_full  # every scalar step exactly once across the event files
+    assert len(list(second.run_dir.glob("events.out.tfevents.*"))) == 2
+    acc = _accumulator(second.run_dir)
+    assert [e.step for e in acc.Scalars("train/loss")] == sorted(set(raw_full["train/loss"]))
+
+
+def test_resume_purges_steps_written_after_the_last_checkpoint(tmp_path):
+    first = experiment.run(_tiny(tmp_path, epochs=2), stop_after_epochs=1, progress=False)
+    step1 = first.history[0]["step"]
+    # A killed segment wrote events past its last checkpoint: keep that checkpoint the latest.
+    shutil.copytree(first.run_dir / "checkpoints", tmp_path / "saved")
+    experiment.resume(first.run_dir, progress=False, stop_after_epochs=1)
+    shutil.rmtree(first.run_dir / "checkpoints")
+    shutil.copytree(tmp_path / "saved", first.run_dir / "checkpoints")
+    experiment.resume(first.run_dir, progress=False)
+    raw = _raw_scalar_steps(first.run_dir)
+    assert raw["test/accuracy"].count(2 * step1) == 2  # written by both later segments ...
+    acc = _accumulator(first.run_dir)
+    assert [e.step for e in acc.Scalars("test/accuracy")] == [step1, 2 * step1]  # ... read once
+
+
+def test_resume_refusals(full_run, tmp_path):
+    full, _ = full_run
+    with pytest.raises(RunError, match=r"is not a run folder: it has no config.json"):
+        experiment.resume(tmp_path)
+    with pytest.raises(RunError, match=r"is not a run folder: it does not exist"):
+        experiment.resume(tmp_path / "missing")
+    run_dir = tmp_path / "copy"
+    shutil.copytree(full.run_dir, run_dir)
+    before = (run_dir / "config.json").read_text()
+    with pytest.raises(RunError, match=r"changed model, lr, seed \(model: 'simple_cnn' -> "
+                                       r"'lenet5', lr: 0.05 -> 0.1, seed: 0 -> 1\).*--force"):
+        experiment.resume(run_dir, overrides={"model": "lenet5", "lr": 0.1, "seed": 1})
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'"):
+        experiment.resume(run_dir, overrides={"epoch": 4})
+    # Forced onto another model: the checkpoint names the first parameter that differs.
+    with pytest.raises(CheckpointError, match=r"params/dense1/b: checkpoint \(256,\), model "
+                                              r"\(128,\)"):
+        experiment.resume(run_dir, overrides={"model": "vgg_small"}, force=True)
+    assert (run_dir / "config.json").read_text() == before  # a refused resume changes nothing
+    shutil.rmtree(run_dir / "checkpoints")
+    with pytest.raises(CheckpointError, match="has no complete checkpoint"):
+        experiment.resume(run_dir)
+
+
+def test_forced_resume_and_allowed_changes(full_run, tmp_path):
+    full, _ = full_run
+    run_dir = tmp_path / "copy"
+    shutil.copytree(full.run_dir, run_dir)
+    # A leftover temp file and a truncated newest checkpoint: resume falls back to epoch 2.
+    newest = ckpt.latest(run_dir / "checkpoints")
+    newest.write_bytes(newest.read_bytes()[:1000])
+    (run_dir / "checkpoints" / ".tmp-ckpt-000004.npz.dead").write_bytes(b"x")
+    result = experiment.resume(run_dir, overrides={"seed": 5, "log_every": 10}, force=True,
+                               progress=False)
+    assert result.completed and [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.history[:2] == full.history[:2]
+    assert result.config.seed == 5 and result.config.log_every == 10
+    assert C.from_json((run_dir / "config.json").read_text()) == result.config
+    acc = _accumulator(run_dir)
+    texts = acc.Tensors("resume")
+    assert "seed=5" in texts[0].tensor_proto.string_val[0].decode() and "(forced)" in \
+        texts[0].tensor_proto.string_val[0].decode()
+    # Extending a finished run is allowed without force.
+    longer = experiment.resume(run_dir, overrides={"epochs": 4}, progress=True)
+    assert len(longer.history) == 4
+
+
+def test_two_runs_in_the_same_second_get_different_folders(tmp_path, monkeypatch):
+    ids = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
+    monkeypatch.setattr(experiment.secrets, "token_hex", lambda n: next(ids))
+    a = experiment.make_run_dir(tmp_path, "exp")
+    b = experiment.make_run_dir(tmp_path, "exp")  # collides once, then retries
+    assert a != b and a.name.endswith("-aaaaaa") and b.name.endswith("-bbbbbb")
+    assert a.name[:15] == b.name[:15] or a.name[:15] < b.name[:15]
+
+
+def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
+    cfg = _tiny(tmp_path, lr=1e9, epochs=1)
+    with pytest.raises(NonFiniteLossError, match=r"at global step \d+ \(epoch 1\).*no checkpoint "
+                                                 r"was written yet"):
+        experiment.run(cfg, progress=False)
+    run_dir = next((tmp_path / "tiny").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    memory = MemoryWriter()
+    result = experiment.run(C.override(cfg, {"on_nonfinite": "skip"}), extra_writers=[memory],
+                            progress=False)
+    skipped = memory.scalars["train/skipped_steps"]
+    assert [s for s, _ in skipped] == [h["step"] for h in result.history]
+    assert skipped[-1][1] > 0
+
+
+def test_intermediates_recurse_into_resnet_blocks():
+    model = models.resnet20()
+    # Traced, not computed: the shapes of every conv layer's output.
+    params, state = jax.eval_shape(lambda k: model.init(k, (None, 32, 32, 3))[1:],
+                                   jax.random.key(0))
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), np.float32)
+    feats = jax.eval_shape(lambda p, s, x: experiment.intermediates(model, p, s, x),
+                           params, state, x)
+    assert len(feats) == 19 == len(experiment.conv_kernels(params))
+    assert set(feats) == set(experiment.conv_kernels(params))
+    assert feats["stage3_block3/residual/conv2"].shape == (2, 8, 8, 64)
+    assert feats["stage2_block1/residual/conv1"].shape == (2, 16, 16, 32)
+    net = layers.serial(layers.Conv(4, 3), layers.Relu(), layers.Flatten(), layers.Dense(2))
+    _, p, s = net.init(jax.random.key(0), (None, 6, 6, 1))
+    x = np.ones((1, 6, 6, 1), np.float32)
+    y, _ = net.apply(p, s, x)
+    out = experiment.intermediates(net, p, s, x, kinds=("Conv", "Dense"))
+    assert out["conv1"].shape == (1, 4, 4, 4)
+    np.testing.assert_allclose(out["dense1"], y, rtol=1e-6)
+
+
+def test_optimizers_and_schedules_put_lr_in_opt_state():
+    from jaxcnn import train
+
+    for optimizer in C.OPTIMIZERS:
+        for schedule in C.SCHEDULES:
+            cfg = C.Config(optimizer=optimizer, schedule=schedule, lr=0.1, epochs=4,
+                           warmup_epochs=1.0, weight_decay=1e-4)
+            opt = experiment.build_optimizer(cfg, 10)
+            state = opt.init({"w": np.ones(2, np.float32)})
+            assert train.learning_rate(state) is not None, (optimizer, schedule)
+    sched = experiment.build_schedule(C.Config(schedule="step", lr=1.0, epochs=4), 10)
+    assert [float(sched(i)) for i in (0, 19, 20, 30)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    warm = experiment.build_schedule(C.Config(schedule="warmup_cosine", lr=1.0, epochs=4,
+                                              warmup_epochs=1.0), 10)
+    assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(1.0)
+
+
+def test_filters_demo_writes_inputs_beside_outputs(tmp_path):
+    result = experiment.run(C.FiltersConfig(runs_dir=str(tmp_path), max_size=64,
+                                            images=("flower.jpg",)))
+    acc = _accumulator(result.run_dir)
+    tags = set(acc.Tags()["tensors"])
+    for name in ("sobel_x", "sobel_y", "sobel_magnitude", "gaussian", "sharpen"):
+        (_, [img]), = _pngs(acc, f"filters/flower/{name}")
+        assert img.size == (64 + 4 + 64, 43) and img.mode == "RGB"
+        assert f"kernels/{name}" in tags or name == "sobel_magnitude"
+    with pytest.raises(RunError, match="nothing to resume"):
+        experiment.resume(result.run_dir)
+
+
+def test_loss_tolerance_ends_the_run_early_as_completed(tmp_path):
+    result = experiment.run(_tiny(tmp_path, loss_tolerance=50.0), progress=False)
+    assert result.completed and len(result.history) == 1
+    status = json.loads((result.run_dir / "run.json").read_text())
+    assert status["status"] == "completed" and status["epochs_done"] == 1
+    assert "_hparams_/experiment" in _accumulator(result.run_dir).PluginTagToContent("hparams")
