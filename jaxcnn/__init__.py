@@ -1,13 +1,37 @@
 """jaxcnn: convolutional neural networks as pure JAX functions.
 
 Layers are ``(init, apply)`` pairs over plain dicts of arrays (:mod:`jaxcnn.layers`), built on
-pure array ops (:mod:`jaxcnn.ops`); :func:`summary` tabulates a model.
+pure array ops (:mod:`jaxcnn.ops`); :func:`summary` tabulates a model. Training lives in
+:mod:`jaxcnn.train` and :mod:`jaxcnn.losses`, data sets in :mod:`jaxcnn.data`, TensorBoard
+logging in :mod:`jaxcnn.tracking` and :mod:`jaxcnn.visualize`, and the experiment runner in
+:mod:`jaxcnn.experiment` (with :mod:`jaxcnn.config`, :mod:`jaxcnn.checkpoint` and the
+``jaxcnn`` command of :mod:`jaxcnn.cli`).
 """
 
-from jaxcnn import errors, filters, layers, models, ops
+import importlib
+from typing import Any
+
+from jaxcnn import errors, filters, layers, losses, models, ops
 from jaxcnn.layers import Layer
 from jaxcnn.summarize import Summary, SummaryRow, summary
 
-__all__ = ["Layer", "Summary", "SummaryRow", "errors", "filters", "layers", "models", "ops",
-           "summary"]
+# Imported on first use: they pull in tensorboardX, scikit-learn or the runner, which code
+# that only composes layers should not pay for at import.
+_LAZY = ("checkpoint", "config", "data", "distributed", "experiment", "tracking", "train",
+         "visualize")
+
+__all__ = ["Layer", "Summary", "SummaryRow", "errors", "filters", "layers", "losses", "models",
+           "ops", "summary", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"jaxcnn.{name}")
+    raise AttributeError(f"module 'jaxcnn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __version__ = "0.1.0"

@@ -354,3 +354,32 @@ def test_loss_tolerance_ends_the_run_early_as_completed(tmp_path):
     status = json.loads((result.run_dir / "run.json").read_text())
     assert status["status"] == "completed" and status["epochs_done"] == 1
     assert "_hparams_/experiment" in _accumulator(result.run_dir).PluginTagToContent("hparams")
+
+
+def test_tensorboard_server_shows_a_run_folder(full_run, tmp_path):
+    """A real TensorBoard over the runs folder serves the run's loss curve and its conv1
+    filters as the PNG the runner wrote."""
+    import _tensorboard_server as tb
+
+    result, memory = full_run
+    logdir = result.run_dir.parent.parent
+    run_name = f"{result.run_dir.parent.name}/{result.run_dir.name}"
+    with tb.serve(logdir, tmp_path) as server:
+        last = result.history[-1]["step"]
+        server.poll("the final test accuracy",
+                    lambda: server.scalars(run_name, "test/accuracy"),
+                    lambda points: bool(points) and points[-1][1] == last)
+        served = [(step, value) for _, step, value in server.scalars(run_name, "train/loss")]
+        written = [(step, value) for step, value in memory.scalars["train/loss"]]
+        assert [s for s, _ in served] == [s for s, _ in written]
+        np.testing.assert_allclose([v for _, v in served], [v for _, v in written], rtol=1e-6)
+        entries = server.json("plugin/images/images", run=run_name, tag="filters/conv1",
+                              sample=0)
+        assert [e["step"] for e in entries] == [h["step"] for h in result.history]
+        png = tb.get(f"{server.base}/plugin/images/individualImage?{entries[-1]['query']}")
+        got = Image.open(io.BytesIO(png))
+        assert got.format == "PNG"
+        (step, want), = memory.images["filters/conv1"][-1:]
+        assert step == last
+        np.testing.assert_array_equal(np.asarray(got.convert("L")),
+                                      np.round(np.asarray(want)[..., 0] * 255).astype(np.uint8))

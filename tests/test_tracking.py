@@ -11,16 +11,14 @@ import json
 import math
 import os
 import re
-import socket
-import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import _tensorboard_server as tb
 import numpy as np
 import pytest
 from PIL import Image
@@ -471,35 +469,6 @@ def test_modules_do_not_import_jax() -> None:
 # A real TensorBoard server.
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=5) as response:  # always http://127.0.0.1
-        return response.read()
-
-
-def _poll(what: str, fetch, ready, proc: subprocess.Popen, log: Path, timeout: float = 60.0):
-    """``fetch()`` until ``ready(result)``; fail clearly after ``timeout`` seconds."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"TensorBoard exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            last = fetch()
-            if ready(last):
-                return last
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            last = exc
-        time.sleep(0.2)
-    pytest.fail(
-        f"TensorBoard: no {what} after {timeout:.0f} s (last: {last!r}):\n{log.read_text()[-3000:]}"
-    )
-
-
 @pytest.mark.parametrize("load_fast", ["false", "true"])
 def test_tensorboard_server_shows_scalars_images_and_hparams(
     tmp_path: Path, load_fast: str
@@ -518,63 +487,29 @@ def test_tensorboard_server_shows_scalars_images_and_hparams(
         w.write_images(9, {"samples": np.stack([image, 1 - image])})
         w.write_hparams({"lr": 0.5, "model": "cnn"}, {"hparams/accuracy": 0.75}, step=9)
 
-    port, log = _free_port(), tmp_path / "tensorboard.log"
-    env = {**os.environ, "TMPDIR": str(tmp_path)}  # TensorBoard's .tensorboard-info goes there
-    cmd = [
-        sys.executable,
-        "-m",
-        "tensorboard.main",
-        "--logdir",
-        str(logdir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        f"--load_fast={load_fast}",
-        "--reload_interval",
-        "1",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}/data"
-    try:
-
-        def scalars(tag: str) -> list[list[float]]:
-            q = urllib.parse.urlencode({"run": "run1", "tag": tag})
-            return json.loads(_get(f"{base}/plugin/scalars/scalars?{q}"))
-
+    with tb.serve(logdir, tmp_path, load_fast=load_fast) as server:
         # The metric written last: once it shows, the files before it are loaded (in order).
-        _poll("the last event", lambda: scalars("hparams/accuracy"), bool, proc, log)
-        assert json.loads(_get(f"{base}/runs")) == ["run1"]
-        assert [(step, value) for _, step, value in scalars("train/loss")] == [
+        server.poll("the last event", lambda: server.scalars("run1", "hparams/accuracy"), bool)
+        assert server.json("runs") == ["run1"]
+        assert [(step, value) for _, step, value in server.scalars("run1", "train/loss")] == [
             *((s, float(s)) for s in range(5)),
             *((s, 100.0 + s) for s in range(5, 10)),
         ]
-
-        tags = json.loads(_get(f"{base}/plugin/images/tags"))
+        base = server.base
+        tags = json.loads(tb.get(f"{base}/plugin/images/tags"))
         assert tags["run1"]["samples"]["samples"] == 2  # one tag holds the whole batch
         for sample, want in enumerate([image, 1 - image]):
             q = urllib.parse.urlencode({"run": "run1", "tag": "samples", "sample": sample})
-            (entry,) = json.loads(_get(f"{base}/plugin/images/images?{q}"))
+            (entry,) = json.loads(tb.get(f"{base}/plugin/images/images?{q}"))
             assert entry["step"] == 9
-            png = _get(f"{base}/plugin/images/individualImage?{entry['query']}")
+            png = tb.get(f"{base}/plugin/images/individualImage?{entry['query']}")
             got = Image.open(io.BytesIO(png))
             assert (got.format, got.size, got.mode) == ("PNG", (10, 6), "RGB")
             assert np.array_equal(np.asarray(got), _as_uint8(want))
 
-        request = urllib.request.Request(
-            f"{base}/plugin/hparams/session_groups",
-            data=json.dumps(
-                {
-                    "startIndex": 0,
-                    "sliceSize": 10,
-                    "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING"],
-                }
-            ).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            groups = json.loads(response.read())
+        groups = tb.post_json(f"{base}/plugin/hparams/session_groups", {
+            "startIndex": 0, "sliceSize": 10,
+            "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING"]})
         (group,) = groups["sessionGroups"]
         assert group["hparams"] == {"lr": 0.5, "model": "cnn"}
         (session,) = group["sessions"]
@@ -582,10 +517,3 @@ def test_tensorboard_server_shows_scalars_images_and_hparams(
         (metric,) = session["metricValues"]
         assert metric["name"]["tag"] == "hparams/accuracy"
         assert (metric["value"], metric["trainingStep"]) == (0.75, 9)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
