@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn.errors import CheckpointError
+from jaxcnn.errors import CheckpointError, RunError
 
 __all__ = ["atomic_write", "checkpoints", "flatten", "is_complete", "latest", "read_metadata",
            "restore", "save", "prune"]
@@ -58,7 +58,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
 
     A temporary file in the same folder is written, flushed and fsynced, renamed over ``path``
     (``os.replace`` is atomic within one file system), and the folder is fsynced so the rename
-    itself survives a crash.
+    itself survives a crash. Raises RunError naming ``path`` when it cannot be written (no such
+    folder, not writable, disk full).
     """
     path = Path(path)
     if isinstance(data, str):
@@ -70,6 +71,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
+        except OSError as e:  # no such folder, not writable, ...: not a traceback from os
+            raise RunError(f"cannot write {path} ({e.strerror or e}); check that its folder "
+                           f"exists and is writable") from None
         break
     else:
         raise CheckpointError(f"cannot create a temporary file beside {path}")
@@ -79,6 +83,10 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write {path} ({e.strerror or e}); the previous version is intact; "
+                       f"check that the disk is not full") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -126,12 +134,18 @@ def _sha256(data: bytes) -> str:
 def save(directory: str | os.PathLike[str], name: str, tree: Any,
          metadata: Mapping[str, Any]) -> Path:
     """Write checkpoint ``name`` of ``tree`` with JSON-ready ``metadata`` into ``directory``
-    (created if missing) and make it the latest; returns the path of its ``.npz``."""
+    (created if missing) and make it the latest; returns the path of its ``.npz``. Raises
+    CheckpointError for a bad name, metadata that is not JSON-ready, or a folder that cannot be
+    created, before writing anything."""
     if not _NAME.match(name) or name == LATEST:
         raise CheckpointError(f"checkpoint name {name!r} must be letters, digits, '_', '-' or '.' "
                               f"and not {LATEST!r}")
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the checkpoint folder {folder} "
+                              f"({e.strerror or e}); pass a folder you can write") from None
     for stale in folder.glob(f"{_TMP_PREFIX}*"):  # left by a kill during an earlier save
         stale.unlink(missing_ok=True)
     arrays, key_leaves = {}, []
@@ -145,9 +159,14 @@ def save(directory: str | os.PathLike[str], name: str, tree: Any,
     blob = buf.getvalue()
     meta = {**metadata, "_checkpoint": {"npz_bytes": len(blob), "npz_sha256": _sha256(blob),
                                         "key_leaves": key_leaves}}
+    try:  # before anything is written: a refused checkpoint leaves the folder as it was
+        meta_text = json.dumps(meta, indent=1, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {name}: metadata must hold only dicts, lists, str, "
+                              f"numbers, bools and None ({e})") from None
     npz = folder / f"{name}.npz"
     atomic_write(npz, blob)
-    atomic_write(folder / f"{name}.json", json.dumps(meta, indent=1, allow_nan=True))
+    atomic_write(folder / f"{name}.json", meta_text)
     atomic_write(folder / LATEST, name + "\n")
     return npz
 
@@ -159,7 +178,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         meta = json.loads(js.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint metadata {js} cannot be read ({e}); the checkpoint is "
+        raise CheckpointError(f"checkpoint metadata {js} cannot be read "
+                              f"({getattr(e, 'strerror', None) or e}); the checkpoint is "
                               f"incomplete, so resume from another one") from None
     if not isinstance(meta, dict) or "_checkpoint" not in meta:
         raise CheckpointError(f"checkpoint metadata {js} is not a jaxcnn checkpoint's")
@@ -257,8 +277,10 @@ def restore(path: str | os.PathLike[str], template: Any) -> tuple[Any, dict[str,
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as f:
             stored = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {npz} cannot be parsed ({e})") from None
+    except (OSError, ValueError):  # NumPy's own message would suggest unpickling it
+        raise CheckpointError(f"checkpoint {npz} is not an .npz archive although its size and "
+                              f"sha256 match its metadata; it was not written by "
+                              f"jaxcnn.checkpoint.save, so resume from another one") from None
     flat_template = flatten(template)
     leaves = []
     for key, ref in flat_template.items():

@@ -44,7 +44,7 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 #: (``epochs``) only extend it.
 RESUMABLE_KEYS = frozenset({
     "epochs", "runs_dir", "data_dir", "log_every", "num_feature_samples", "keep_checkpoints",
-    "driver",
+    "driver", "data_parallel", "distributed",
 })
 
 
@@ -77,6 +77,11 @@ class Config:
     ``early_stopping_patience`` epochs without a better validation accuracy stop the run
     (0 = off); ``loss_tolerance`` stops it once an epoch's mean train loss is below it (0 = off).
     ``on_nonfinite``: "stop" raises on a NaN/Inf loss, "skip" drops those steps and counts them.
+    ``data_parallel`` splits every batch over all of ``jax.devices()`` (the parameters
+    replicated; ``batch_size`` must divide evenly); ``distributed`` first joins a multi-process
+    run (:func:`jaxcnn.distributed.initialize`, configured by ``$JAXCNN_COORDINATOR``,
+    ``$JAXCNN_NUM_PROCESSES``, ``$JAXCNN_PROCESS_ID`` or a cluster's own variables) and trains
+    data-parallel over every process's devices, process 0 alone writing the run folder.
     """
 
     experiment: str = "experiment"
@@ -104,6 +109,8 @@ class Config:
     loss_tolerance: float = 0.0
     driver: str = "auto"
     on_nonfinite: str = "stop"
+    data_parallel: bool = False
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)

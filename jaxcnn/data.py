@@ -422,7 +422,12 @@ def read_idx(source: str | os.PathLike[str] | bytes, *, magic: int | None = None
     """
     if isinstance(source, bytes | bytearray):
         return _read_idx(bytes(source), "IDX bytes", magic)
-    return _read_idx(Path(source).read_bytes(), f"IDX file {source}", magic)
+    try:
+        raw = Path(source).read_bytes()
+    except FileNotFoundError:
+        raise DatasetNotFoundError(f"IDX file {source} does not exist; pass the path of an IDX "
+                                   f"file or its bytes.") from None
+    return _read_idx(raw, f"IDX file {source}", magic)
 
 
 def _read_idx(data: bytes, where: str, magic: int | None) -> np.ndarray:

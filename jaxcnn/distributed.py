@@ -33,7 +33,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
-    "ENV_COORDINATOR", "ENV_LOCAL_DEVICE_IDS", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID", "initialize",
+    "ENV_COORDINATOR", "ENV_COORDINATOR_BIND", "ENV_LOCAL_DEVICE_IDS", "ENV_NUM_PROCESSES",
+    "ENV_PROCESS_ID", "initialize",
     "is_main_process", "replicate", "shard_batch", "to_host",
 ]
 
@@ -47,6 +48,10 @@ ENV_PROCESS_ID = "JAXCNN_PROCESS_ID"
 #: ``local_device_ids`` is None. Under SLURM and Open MPI, JAX otherwise gives each process
 #: only the device numbered by its local rank (one process per GPU).
 ENV_LOCAL_DEVICE_IDS = "JAXCNN_LOCAL_DEVICE_IDS"
+#: ``host:port`` that process 0's coordinator listens on (e.g. ``127.0.0.1:1234`` to keep a
+#: one-host run on loopback), read when ``coordinator_bind_address`` is not passed; JAX's
+#: default is every interface, at the port of the coordinator's address.
+ENV_COORDINATOR_BIND = "JAXCNN_COORDINATOR_BIND_ADDRESS"
 
 _COLLECTIVES_FLAG = "jax_cpu_collectives_implementation"
 
@@ -101,7 +106,8 @@ def initialize(
     (RuntimeError) once it has. Arguments left None are read from ``$JAXCNN_COORDINATOR``
     (``host:port`` of process 0), ``$JAXCNN_NUM_PROCESSES``, ``$JAXCNN_PROCESS_ID`` and
     ``$JAXCNN_LOCAL_DEVICE_IDS`` (``0,1,2,3``); whatever is still None is left to JAX's cluster
-    auto-detection (SLURM, Open MPI, Cloud TPU, ...).
+    auto-detection (SLURM, Open MPI, Cloud TPU, ...). ``$JAXCNN_COORDINATOR_BIND_ADDRESS``, if
+    set, is the ``coordinator_bind_address`` unless that is passed.
     ``jax_options`` go to :func:`jax.distributed.initialize` unchanged (e.g.
     ``initialization_timeout=60``, ``coordinator_bind_address="127.0.0.1:1234"``).
 
@@ -118,6 +124,9 @@ def initialize(
         process_id = _from_env(ENV_PROCESS_ID)
     if local_device_ids is None:
         local_device_ids = _from_env(ENV_LOCAL_DEVICE_IDS, many=True)
+    bind = os.environ.get(ENV_COORDINATOR_BIND, "").strip()
+    if bind and "coordinator_bind_address" not in jax_options:
+        jax_options["coordinator_bind_address"] = bind
     _enable_cpu_collectives()
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                local_device_ids=local_device_ids, **jax_options)

@@ -6,7 +6,9 @@ continues one from its run folder. Each run gets its own folder
 ``<runs_dir>/<experiment>/<YYYYmmdd-HHMMSS>-<6 hex>/`` holding:
 
 - ``config.json`` (the resolved config), ``summary.txt`` (the model table), ``run.json`` (status,
-  epochs, final and best accuracy, wall time; rewritten atomically each epoch);
+  epochs, final and best accuracy, wall time, the number of devices and processes, and when the
+  first step could start: ``first_step_time``, ``time_to_first_step_s``; rewritten atomically
+  each epoch);
 - ``checkpoints/``: one checkpoint per epoch (:mod:`jaxcnn.checkpoint`), the newest
   ``keep_checkpoints`` and the best (by validation accuracy) kept;
 - TensorBoard event files (:class:`jaxcnn.tracking.TensorBoardWriter`), with these tags, where
@@ -34,6 +36,12 @@ restores the exact TrainState, history and data order, and opens the event write
 run with the same seed, bit for bit. SIGINT or SIGTERM lets the running epoch finish, saves its
 checkpoint, flushes the events and raises :class:`RunInterrupted` naming the resume command
 (the command line exits 130 or 143); a second signal stops at once.
+
+``data_parallel`` trains over a :class:`jax.sharding.Mesh` of every device (batches split by
+rows, state replicated); ``distributed`` first joins a multi-process run
+(:func:`jaxcnn.distributed.initialize`) and then does the same over every process's devices:
+process 0 makes the run folder and broadcasts its path, and alone writes the folder's files,
+while every process computes alike (the programs are collective).
 
 Two things a resume cannot undo: extending a finished run (``epochs`` raised) stretches its
 learning-rate schedule over the new length, so it is not the run a longer fresh one would be;
@@ -65,16 +73,16 @@ import optax
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import config as config_lib
 from jaxcnn import data as data_lib
+from jaxcnn import distributed, models, train, visualize
 from jaxcnn import filters as filters_lib
 from jaxcnn import layers as layers_lib
-from jaxcnn import models, train, visualize
 from jaxcnn._types import Array, Params, State
 from jaxcnn.config import Config, FiltersConfig
 from jaxcnn.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError
 from jaxcnn.layers import Layer, layer_info
 from jaxcnn.losses import softmax_cross_entropy
 from jaxcnn.summarize import summary
-from jaxcnn.tracking import MetricWriter, MultiWriter, TensorBoardWriter
+from jaxcnn.tracking import MetricWriter, MultiWriter, TensorBoardWriter, scalar_steps
 
 __all__ = [
     "RunInterrupted", "RunResult", "build_model", "build_optimizer", "build_schedule",
@@ -88,6 +96,7 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.txt"
 _MAX_FEATURE_CHANNELS = 64
 _MAX_MISCLASSIFIED = 36
+_HPARAMS_MARKER = "hparams/test_accuracy"  # the last hparams scalar written, at the final step
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,84 @@ def make_run_dir(runs_dir: str | os.PathLike[str], experiment: str) -> Path:
             continue
         return folder
     raise RunError(f"could not create a new run folder in {parent} after 100 tries")
+
+
+def _join_processes(config: Config) -> None:
+    """Join the multi-process run of a ``distributed`` config, before anything starts JAX's
+    backend (once per process; a process that already joined is left as it is)."""
+    if not config.distributed or jax.distributed.is_initialized():
+        return
+    try:
+        distributed.initialize()
+    except (RuntimeError, ValueError) as e:
+        raise RunError(
+            f"--distributed: this process could not join the multi-process run ({e}); start "
+            f"every process with the same command and set {distributed.ENV_COORDINATOR}=host:port "
+            f"(process 0's address), {distributed.ENV_NUM_PROCESSES} and "
+            f"{distributed.ENV_PROCESS_ID} (or run under SLURM, Open MPI or on Cloud TPU), or "
+            f"pass --no-distributed for a single process") from None
+
+
+def _data_parallel_mesh(config: Config) -> jax.sharding.Mesh | None:
+    """The 1-D mesh over every device (of every process) that ``data_parallel`` and
+    ``distributed`` train on, or None; ConfigError if the batch does not split evenly."""
+    if not (config.data_parallel or config.distributed):
+        return None
+    mesh = train.data_parallel_mesh()
+    devices = mesh.devices.size
+    if config.batch_size % devices:
+        raise ConfigError(f"Config: batch_size={config.batch_size} does not split evenly over "
+                          f"the {devices} devices of data-parallel training; pass a --batch-size "
+                          f"that is a multiple of {devices}")
+    return mesh
+
+
+def _is_main(config: Config) -> bool:
+    # Only process 0 of a distributed run writes the run folder, events and checkpoints.
+    return not config.distributed or distributed.is_main_process()
+
+
+def _new_run_dir(config: Config) -> Path:
+    """A new run folder, made by process 0 alone in a distributed run and its path sent to the
+    others (a collective: every process calls this)."""
+    if not config.distributed:
+        return make_run_dir(config.runs_dir, config.experiment)
+    from jax.experimental import multihost_utils
+
+    made, error = b"", None
+    if distributed.is_main_process():
+        try:
+            made = os.fsencode(make_run_dir(config.runs_dir, config.experiment))
+        except RunError as e:  # the others still wait for the path: send them an empty one
+            error = e
+    if len(made) > 4096:  # PATH_MAX: the buffer has the same shape in every process
+        made, error = b"", RunError(f"the run folder's path is over 4096 bytes: {made!r}")
+    buffer = np.zeros(4096, np.uint8)
+    buffer[:len(made)] = np.frombuffer(made, np.uint8)
+    shared = np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes().rstrip(b"\0")
+    if error is not None:
+        raise error
+    if not shared:
+        raise RunError("process 0 could not create the run folder (see its error); fix "
+                       "--runs-dir and start every process again")
+    return Path(os.fsdecode(shared))
+
+
+def _local(tree: Any) -> Any:
+    """``tree`` with every array replicated over several processes replaced by this process's
+    own copy, so the main process can save it without a collective."""
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) and
+                        not x.is_fully_addressable else x, tree)
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started, from Linux's /proc (10 ms resolution); else None."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, since boot
+        return round(float(Path("/proc/uptime").read_text().split()[0]) - started, 3)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _vgg_small(num_classes: int) -> Layer:
@@ -369,6 +456,8 @@ class _Trainer:
         self.config, self.run_dir = config, run_dir
         self.ckpt_dir = run_dir / CHECKPOINTS
         self.t_start = time.perf_counter()
+        self.main = _is_main(config)
+        self.mesh = _data_parallel_mesh(config)
         self.data = _load_data(config)
         self.model = build_model(config.model, self.data.info.num_classes)
         n_train = len(self.data.train.labels)
@@ -392,6 +481,8 @@ class _Trainer:
             self.skipped = int(meta.get("skipped_steps", 0))
             self.wall_before = float(meta.get("wall_time_s", 0.0))
             self.best_val, self.best_name = meta.get("best_value"), meta.get("best_checkpoint")
+        if self.mesh is not None:  # over every device of every process, from the same values
+            ts = distributed.replicate(ts, self.mesh)
         self.ts = ts
         self.start_step = int(ts.step)
         self.summary_text = str(summary(self.model, in_shape))
@@ -399,7 +490,8 @@ class _Trainer:
         step = train.make_train_step(self.model, softmax_cross_entropy, self.optimizer, jit=False)
         self.run_epoch = train.make_epoch_fn(
             step, self.data.train.images, self.data.train.labels, config.batch_size,
-            driver=config.driver, halt_on_nonfinite=config.on_nonfinite == "stop")
+            driver=config.driver, halt_on_nonfinite=config.on_nonfinite == "stop",
+            mesh=self.mesh)
         self.eval_step = train.make_eval_step(self.model)
         sizes = [len(self.data.test.labels)] + ([len(self.data.val.labels)]
                                                 if self.data.val is not None else [])
@@ -409,13 +501,18 @@ class _Trainer:
         self.feature_raw = self.data.test_raw[:n_feat]
         self.features_fn = jax.jit(functools.partial(intermediates, self.model))
         b = min(config.batch_size, n_train)
-        self.grad_batch = (jnp.asarray(self.data.train.images[:b]),
-                           jnp.asarray(self.data.train.labels[:b]))
+        grad_batch = (self.data.train.images[:b], self.data.train.labels[:b])
+        self.grad_batch = (jax.tree.map(jnp.asarray, grad_batch) if self.mesh is None else
+                           distributed.shard_batch(grad_batch, self.mesh))
         self.grads_fn = jax.jit(self._grads)
 
-        tb = TensorBoardWriter(run_dir, purge_step=None if resume_from is None
-                               else self.start_step + 1)
-        self.writer: MetricWriter = MultiWriter([tb, *extra_writers]) if extra_writers else tb
+        if self.main:
+            tb = TensorBoardWriter(run_dir, purge_step=None if resume_from is None
+                                   else self.start_step + 1)
+            self.writer: MetricWriter = (MultiWriter([tb, *extra_writers]) if extra_writers
+                                         else tb)
+        else:  # the other processes of a distributed run compute the same, and write nothing
+            self.writer = MultiWriter([])
         if resume_from is None:
             self.writer.write_texts(0, {"config": _code_block(config_lib.to_json(config)),
                                         "model_summary": _code_block(self.summary_text)})
@@ -423,7 +520,7 @@ class _Trainer:
             self.writer.write_texts(self.start_step + 1, {"resume": resume_note})
         tty = sys.stderr.isatty() if progress is None else progress
         self.bar = None
-        if tty:
+        if tty and self.main:
             from tqdm import tqdm
 
             self.bar = tqdm(total=config.epochs, initial=min(self.epoch, config.epochs),
@@ -461,7 +558,8 @@ class _Trainer:
         where = (f"the last good checkpoint {last} is intact; resume with "
                  f"{_resume_command(self.run_dir)} --lr <smaller> --force" if last else
                  "no checkpoint was written yet")
-        _write_status(self.run_dir, status="failed")
+        if self.main:
+            _write_status(self.run_dir, status="failed")
         raise NonFiniteLossError(
             f"the training loss became {float(m['loss'][bad])} at global step {start + bad + 1} "
             f"(epoch {self.epoch + 1}) in run {self.run_dir}; {where}; lower the learning rate, "
@@ -471,7 +569,7 @@ class _Trainer:
         images: dict[str, Any] = {f"filters/{p}": visualize.filter_grid(w)
                                   for p, w in conv_kernels(params).items()}
         if len(self.feature_images):
-            feats = self.features_fn(params, state, jnp.asarray(self.feature_images))
+            feats = self.features_fn(params, state, self.feature_images)
             images["features/input"] = self.feature_raw  # (N, H, W, C) in [0, 1], as loaded
             for p, fmap in feats.items():
                 images[f"features/{p}"] = visualize.feature_map_grid(
@@ -503,9 +601,10 @@ class _Trainer:
             "train_loss": _mean(m["loss"], finite), "train_accuracy": _mean(m["accuracy"], finite)}
         if self.data.val is not None:
             v = train.evaluate(self.eval_step, ts.params, ts.state, self.data.val,
-                               self.eval_batch)
+                               self.eval_batch, mesh=self.mesh)
             record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
-        t = train.evaluate(self.eval_step, ts.params, ts.state, self.data.test, self.eval_batch)
+        t = train.evaluate(self.eval_step, ts.params, ts.state, self.data.test, self.eval_batch,
+                           mesh=self.mesh)
         record.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
         record.update(epoch_time_s=time.perf_counter() - t0,
                       images_per_second=len(finite) * cfg.batch_size / train_time)
@@ -536,12 +635,17 @@ class _Trainer:
         judge = record.get("val_accuracy", record["test_accuracy"])
         if self.best_val is None or judge > self.best_val:
             self.best_val, self.best_name = judge, name
+        if not self.main:
+            return
         meta = {"epoch": self.epoch, "step": int(self.ts.step), "history": self.history,
                 "early_stopping_history": self.history, "data_order_seed": self.config.seed,
                 "config": config_lib.to_dict(self.config), "skipped_steps": self.skipped,
                 "best_checkpoint": self.best_name, "best_value": self.best_val,
                 "wall_time_s": self.wall_time()}
-        ckpt.save(self.ckpt_dir, name, self.ts, meta)
+        # Events first: a resume starts after this checkpoint, so its steps must be on disk
+        # before it exists, or a kill right after it would lose them for good.
+        self.writer.flush()
+        ckpt.save(self.ckpt_dir, name, _local(self.ts), meta)
         ckpt.atomic_write(self.ckpt_dir / "best", f"{self.best_name}\n")
         ckpt.prune(self.ckpt_dir, self.config.keep_checkpoints, protect=[self.best_name])
         self._status("running")
@@ -549,7 +653,19 @@ class _Trainer:
     def wall_time(self) -> float:
         return self.wall_before + time.perf_counter() - self.t_start
 
+    def compile_epoch(self) -> None:
+        """Compile the epoch's program now (or load it from the persistent compilation
+        cache), and note in run.json when the first step could start: ``first_step_time``
+        (Unix seconds) and ``time_to_first_step_s`` (since this process started, where Linux's
+        /proc tells)."""
+        self.run_epoch.compile(self.ts)
+        if self.main:
+            _write_status(self.run_dir, first_step_time=time.time(),
+                          time_to_first_step_s=_process_age())
+
     def _status(self, status: str) -> None:
+        if not self.main:
+            return
         final = self.history[-1] if self.history else {}
         tests = [h["test_accuracy"] for h in self.history if "test_accuracy" in h]
         _write_status(self.run_dir, status=status, epochs_done=self.epoch,
@@ -570,6 +686,8 @@ class _Trainer:
         return False
 
     def report(self, record: dict[str, float]) -> None:
+        if not self.main:
+            return
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{record['train_loss']:.4f}",
@@ -579,10 +697,15 @@ class _Trainer:
             print(f"epoch {self.epoch}/{self.config.epochs} step {record['step']}: "
                   f"{_fmt_metrics(record)} time={record['epoch_time_s']:.1f}s", flush=True)
 
+    def finished_on_disk(self) -> bool:
+        """Whether the event files already hold this run's final hparams metrics (written, and
+        flushed, by a segment killed before it could say "completed")."""
+        return int(self.ts.step) in scalar_steps(self.run_dir, _HPARAMS_MARKER)
+
     def finish(self) -> None:
         tests = [h["test_accuracy"] for h in self.history]
         final = self.history[-1]
-        metrics = {"hparams/test_accuracy": final["test_accuracy"],
+        metrics = {_HPARAMS_MARKER: final["test_accuracy"],
                    "hparams/best_test_accuracy": max(tests),
                    "hparams/train_loss": final["train_loss"],
                    "hparams/epochs": float(self.epoch)}
@@ -613,17 +736,22 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
            progress: bool | None, resume_note: str | None = None,
            save_config: bool = False) -> RunResult:
     setup_compilation_cache()
+    # A run killed after its last checkpoint but before "completed" may still owe its hparams.
+    was_completed = _status(run_dir).get("status") == "completed"
     # Signals are caught from here on: one during set-up stops the run after its first epoch.
     with _Signals() as signals:
         trainer = _Trainer(config, run_dir, resume_from=resume_from,
                            extra_writers=extra_writers, progress=progress,
                            resume_note=resume_note)
         try:
-            if save_config:  # only once the checkpoint was restored: a refused one changes nothing
+            if save_config and trainer.main:  # only once the checkpoint was restored: a
+                # refused one changes nothing
                 ckpt.atomic_write(run_dir / CONFIG_FILE, config_lib.to_json(config))
-            if trainer.epoch < config.epochs:
+            if trainer.epoch < config.epochs and trainer.main:
                 print(f"run {run_dir}: epochs {trainer.epoch + 1} to {config.epochs} of "
                       f"{config.experiment} ({config.model} on {config.dataset})", flush=True)
+            if trainer.epoch < config.epochs:
+                trainer.compile_epoch()
             done_here, early = 0, False
             while trainer.epoch < config.epochs:
                 record = trainer.train_epoch()
@@ -643,8 +771,9 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
                 if stop_after_epochs is not None and done_here >= stop_after_epochs:
                     break
             completed = early or trainer.epoch >= config.epochs
-            if completed and done_here:
+            if completed and (done_here or not (was_completed or trainer.finished_on_disk())):
                 trainer.finish()
+                trainer.writer.flush()  # on disk before the status says so
             trainer._status("completed" if completed else "stopped")
         finally:
             trainer.close()
@@ -671,12 +800,18 @@ def run(config: Config | FiltersConfig, *, stop_after_epochs: int | None = None,
     if not isinstance(config, Config):
         raise ConfigError(f"run: config must be a jaxcnn.config.Config or FiltersConfig, got "
                           f"{type(config).__name__}")
-    run_dir = make_run_dir(config.runs_dir, config.experiment)
-    ckpt.atomic_write(run_dir / CONFIG_FILE, config_lib.to_json(config))
-    ckpt.atomic_write(run_dir / SUMMARY_FILE, model_summary(config) + "\n")
-    _write_status(run_dir, experiment=config.experiment, run=run_dir.name,
-                  start_time=datetime.now().isoformat(timespec="seconds"), status="starting",
-                  epochs_done=0, epochs=config.epochs)
+    setup_compilation_cache()  # before any compile: JAX checks for the cache only once
+    _join_processes(config)  # before anything starts JAX's backend
+    mesh = _data_parallel_mesh(config)  # refuses a batch that does not split, before a folder
+    run_dir = _new_run_dir(config)
+    if _is_main(config):
+        ckpt.atomic_write(run_dir / CONFIG_FILE, config_lib.to_json(config))
+        ckpt.atomic_write(run_dir / SUMMARY_FILE, model_summary(config) + "\n")
+        _write_status(run_dir, experiment=config.experiment, run=run_dir.name,
+                      start_time=datetime.now().isoformat(timespec="seconds"),
+                      status="starting", epochs_done=0, epochs=config.epochs,
+                      devices=1 if mesh is None else int(mesh.devices.size),
+                      processes=jax.process_count())
     return _train(config, run_dir, resume_from=None, stop_after_epochs=stop_after_epochs,
                   extra_writers=extra_writers, progress=progress)
 
@@ -692,7 +827,10 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> Any:
     except OSError:
         raise RunError(f"{folder} is not a run folder: it has no {CONFIG_FILE}; pass a folder "
                        f"like runs/<experiment>/<timestamp>-<id>") from None
-    return config_lib.from_json(text)
+    try:
+        return config_lib.from_json(text)
+    except ConfigError as e:  # named: "config JSON" alone does not say which file
+        raise RunError(f"{folder / CONFIG_FILE} is not a valid run config: {e}") from None
 
 
 def resume(run_dir: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None,
@@ -720,6 +858,8 @@ def resume(run_dir: str | os.PathLike[str], *, overrides: Mapping[str, Any] | No
         raise RunError(f"cannot resume {folder} with a changed {', '.join(refused)} ({details}): "
                        f"the result would not be a continuation of the run; start a new run, or "
                        f"pass --force (force=True) to resume anyway")
+    setup_compilation_cache()
+    _join_processes(new)  # every process reads the checkpoint: the folder must be shared
     latest = ckpt.latest(folder / CHECKPOINTS)
     if latest is None:
         raise CheckpointError(f"{folder} has no complete checkpoint to resume from (none was "

@@ -174,10 +174,21 @@ def _positive_int(value: Any, what: str, kind: str, name: str | None) -> int:
     return value
 
 
+def _check_params(kind: str, name: str | None, params: Any) -> None:
+    """A layer with weights applied to params that lack them (another model's, or ``{}``)."""
+    if not isinstance(params, dict) or "w" not in params:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise LayerError(kind, name, f"params must hold this layer's 'w', got {got}; pass the "
+                         f"params that init returned for this model")
+
+
 def _wrap_apply(kind: str, name: str | None, fn: Callable) -> Callable:
     """Turn a ValueError from an op (a wrong input at apply time) into this layer's LayerError."""
 
     def apply(params, state, x, *, key=None, train=False):
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            raise LayerError(kind, name, f"input must be an array (N, ...), got "
+                             f"{type(x).__name__}; convert it with jnp.asarray")
         try:
             return fn(params, state, x, key=key, train=train)
         except LayerError:
@@ -225,6 +236,7 @@ def Conv(
     b_init = b_init or jax.nn.initializers.zeros
 
     def apply_(params, state, x, *, key=None, train=False):
+        _check_params(kind, name, params)
         y = ops.conv2d(x, params["w"], params.get("b"), stride=strides, padding=padding,
                        dilation=dil, groups=groups)
         return y, state
@@ -268,6 +280,7 @@ def Dense(
     b_init = b_init or jax.nn.initializers.zeros
 
     def apply_(params, state, x, *, key=None, train=False):
+        _check_params(kind, name, params)
         if x.ndim != 2 or x.shape[1] != params["w"].shape[0]:
             raise LayerError(kind, name, f"expects input (N, {params['w'].shape[0]}), got "
                              f"shape {tuple(x.shape)}")
@@ -280,10 +293,10 @@ def Dense(
         params = {"w": w_init(kw, (in_shape[1], features), jnp.float32)}
         if use_bias:
             params["b"] = b_init(kb, (features,), jnp.float32)
-        return _eval_out_shape(apply_, params, {}, in_shape), params, {}
+        return _eval_out_shape(apply, params, {}, in_shape), params, {}
 
-    return _make(init, apply_, LayerInfo(kind, "dense", name,
-                                         macs=lambda i, o: i[1] * o[1]))
+    apply = _wrap_apply(kind, name, apply_)
+    return _make(init, apply, LayerInfo(kind, "dense", name, macs=lambda i, o: i[1] * o[1]))
 
 
 def _pool(kind: str, base: str, op: Callable, window, stride, padding, ceil_mode, name,

@@ -21,8 +21,19 @@ def _masked_mean(values: Array, mask: Array | None) -> Array:
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def _check_labels(where: str, logits: Array, labels: Array) -> None:
+    # Float or one-hot labels fail deep inside optax; (N, 1) labels broadcast to a wrong mean.
+    if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != logits.shape[:-1]:
+        raise ValueError(f"{where}: labels must be integer class indices of shape "
+                         f"{tuple(logits.shape[:-1])} for logits of shape {tuple(logits.shape)}, "
+                         f"got {labels.dtype} of shape {tuple(labels.shape)}; for one-hot "
+                         f"labels pass labels.argmax(-1)")
+
+
 def softmax_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = None) -> Array:
     """Mean of -log softmax(logits)[label]. logits: (N, K) float; labels: (N,) int in [0, K)."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    _check_labels("softmax_cross_entropy", logits, labels)
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return _masked_mean(per_example, mask)
 
@@ -40,4 +51,6 @@ def mse(pred: Array, target: Array, *, mask: Array | None = None) -> Array:
 
 def accuracy(logits: Array, labels: Array, *, mask: Array | None = None) -> Array:
     """Fraction of examples whose arg-max class is the label. logits: (N, K); labels: (N,)."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    _check_labels("accuracy", logits, labels)
     return _masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), mask)

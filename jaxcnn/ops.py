@@ -202,6 +202,10 @@ def conv2d(
     """
     where = "conv2d"
     _check_rank4(x, where)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{where}: input has dtype {x.dtype} but a floating-point dtype is "
+                         f"needed; convert it first, e.g. x.astype(jnp.float32) / 255 for uint8 "
+                         f"images")
     if w.ndim != 4:
         raise ValueError(f"{where}: kernel must have rank 4 (kh, kw, C_in // groups, C_out), "
                          f"got shape {tuple(w.shape)}")
@@ -272,6 +276,23 @@ def _pool_args(x, window, stride, where):
     return win, strides
 
 
+def _tiles(x: Array, win: tuple[int, int]) -> Array:
+    """x: (N, H, W, C) -> (N, H // kh, kh, W // kw, kw, C), the rows and columns that fit no
+    window dropped (as VALID pooling drops them)."""
+    n, h, w, c = x.shape
+    (kh, kw), ho, wo = win, h // win[0], w // win[1]
+    return x[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, c)
+
+
+def _tiled(win, strides, pads, extra) -> bool:
+    """Whether the pooling windows tile the input: stride = window, no padding and no
+    ceil_mode overhang. Then max pooling is a reshape and a max, whose gradient XLA's CPU
+    backend runs faster than reduce_window's ``select_and_scatter`` (LeNet-5 trains 11% faster;
+    the same rewrite of average pooling measured 4-7% slower, so it keeps reduce_window)."""
+    return (tuple(strides) == tuple(win) and all(p == (0, 0) for p in pads)
+            and all(e == (0, 0) for e in extra))
+
+
 def max_pool(
     x: Array,
     window: int | Sequence[int],
@@ -283,10 +304,20 @@ def max_pool(
     """Max over each window, channel by channel. x: (N, H, W, C) -> (N, H_out, W_out, C).
 
     ``stride`` defaults to the window. Padded positions are -inf, so they never win.
+
+    Gradient at ties: when the windows tile the input (stride = window, no padding, no
+    ceil_mode overhang: the usual 2x2 pooling) the gradient of a window whose maximum occurs
+    several times is shared equally among those elements (``jnp.max``'s rule); otherwise
+    (``lax.reduce_window``, as PyTorch) it all goes to the first. Both are valid subgradients,
+    and the usual ties, zeros after a ReLU, pass no gradient back through the ReLU either way.
     """
     where = "max_pool"
     win, strides = _pool_args(x, window, stride, where)
     pads, extra = _pool_pads(x, win, strides, padding, ceil_mode, where)
+    if _tiled(win, strides, pads, extra):
+        # At tied maxima the gradient is shared equally among them (jnp.max's rule), where
+        # reduce_window gives it all to the first; see the docstring.
+        return jnp.max(_tiles(x, win), axis=(2, 4))
     full = _full_pads(pads, extra)
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, *win, 1), (1, *strides, 1), full)
 

@@ -59,7 +59,8 @@ import numpy as np
 
 from jaxcnn.errors import RunError
 
-__all__ = ["ConsoleWriter", "MemoryWriter", "MetricWriter", "MultiWriter", "TensorBoardWriter"]
+__all__ = ["ConsoleWriter", "MemoryWriter", "MetricWriter", "MultiWriter", "TensorBoardWriter",
+           "scalar_steps"]
 
 _HISTOGRAM_BINS = 64
 
@@ -247,6 +248,22 @@ class MetricWriter(abc.ABC):
 # TensorBoard.
 
 
+def _import_tensorboardx() -> None:
+    """Import tensorboardX without PyTorch. Its ``writer`` module imports torch when installed,
+    for nothing but type annotations of ``SummaryWriter`` (unused here), which costs ~2 s at
+    every start-up; so torch is hidden (``sys.modules["torch"] = None`` makes its import fail,
+    which tensorboardX expects) for the duration of this import only. A torch already imported
+    is left alone, and one imported later works as usual."""
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import tensorboardX  # noqa: F401
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+
+
 def _png(image: np.ndarray) -> bytes:
     """PNG bytes of one ``(H, W, C)`` image, uint8 or float in [0, 1]."""
     import io
@@ -387,9 +404,11 @@ class TensorBoardWriter(MetricWriter):
       purge_step: for a resumed run, the first step the new writer will write. TensorBoard then
         hides the events that earlier files of this folder wrote at steps >= ``purge_step``, so
         the curves continue without duplicated steps. (TensorBoard's Python loader,
-        ``--load_fast=false``, and ``EventAccumulator`` purge every tag; the default Rust loader
-        instead drops, per tag, the old points at or after each new point's step, so a tag the
-        resumed run never writes again keeps its old points there.)
+        ``--load_fast=false``, and its ``plugin_event_accumulator`` purge every tag; the older
+        ``event_accumulator.EventAccumulator`` purges scalars and histograms but never tensor
+        summaries, so images and texts keep their old points there; the default Rust loader
+        drops, per tag, the old points at or after each new point's step, so a tag the resumed
+        run never writes again keeps its old points there.)
       asynchronous: if True (the default), protobuf and PNG encoding and file writes run on one
         background thread; the ``write_*`` calls only check their arguments, copy arrays to host
         memory and queue the job. An exception on that thread is re-raised (as :class:`RunError`,
@@ -434,6 +453,7 @@ class TensorBoardWriter(MetricWriter):
         self.purge_step = purge_step
         self._hparams_written = False
 
+        _import_tensorboardx()
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
 
@@ -568,6 +588,31 @@ class TensorBoardWriter(MetricWriter):
         self._sink.close()
         if self._sink.error is not None and not self._error_reported:
             self._check("close")
+
+
+def scalar_steps(logdir: str | os.PathLike[str], tag: str) -> list[int]:
+    """Every step at which an event file in ``logdir`` holds scalar ``tag``, file by file in
+    creation order, as written (nothing purged). A torn last record, as a killed writer leaves,
+    ends its file. Lets a resumed run learn what an earlier, killed one already wrote."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    steps = []
+    for name in sorted(n for n in os.listdir(logdir) if n.startswith("events.out.")):
+        with open(os.path.join(logdir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos + 12 <= len(data):  # a record: u64 length, u32 crc, payload, u32 crc
+            end = pos + 12 + int.from_bytes(data[pos:pos + 8], "little")
+            if end + 4 > len(data):
+                break
+            try:
+                event = Event.FromString(data[pos + 12:end])
+            except Exception:  # a torn or foreign record: nothing after it is trusted
+                break
+            steps += [event.step for v in event.summary.value
+                      if v.tag == tag and v.HasField("simple_value")]
+            pos = end + 4
+    return steps
 
 
 def _hparams_values(hparams: dict[str, Any], metrics: dict[str, float]) -> list[Any]:

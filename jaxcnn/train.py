@@ -157,6 +157,10 @@ def make_epoch_fn(
     with a non-finite loss freezes the state for the rest of the epoch, so the caller can stop
     exactly there.
 
+    ``run.compile(ts)`` compiles the epoch's program for ``ts`` (or loads it from JAX's
+    persistent compilation cache) without running it, so the first epoch starts at once: the
+    runner uses it to note when its first step could start.
+
     ``mesh``: data-parallel training over a 1-D :class:`jax.sharding.Mesh` (see
     :func:`data_parallel_mesh`): every batch is split over the mesh's devices along its first
     axis, the train state is replicated, and XLA inserts the gradient all-reduce. The result is
@@ -223,6 +227,8 @@ def make_epoch_fn(
             ts, metrics = scan_epoch(place(ts), dev_images, dev_labels, place(order(seed, epoch)))
             return ts, jax.device_get(metrics)
 
+        run.compile = lambda ts: scan_epoch.lower(  # type: ignore[attr-defined]
+            place(ts), dev_images, dev_labels, place(order(0, 0))).compile()
         return run
 
     @jax.jit
@@ -239,6 +245,12 @@ def make_epoch_fn(
         stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *out))
         return carry[0], stacked
 
+    def compile_step(ts):
+        rows = order(0, 0)[0]
+        step.lower((place(ts), place(np.array(False))),
+                   *place_batch((images[rows], labels[rows]))).compile()
+
+    run.compile = compile_step  # type: ignore[attr-defined]
     return run
 
 
@@ -261,22 +273,31 @@ def make_eval_step(model: Layer, loss_fn: LossFn = softmax_cross_entropy
 
 
 def evaluate(eval_step: Callable[[Params, State, Any], Metrics], params: Params, state: State,
-             split: data_lib.Split, batch_size: int = 1000) -> dict[str, Any]:
+             split: data_lib.Split, batch_size: int = 1000, *,
+             mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """Loss and accuracy over every example of ``split`` (fixed-shape batches, the last one
-    padded and masked), and ``predictions`` (N,) as a NumPy array in the split's order."""
+    padded and masked), and ``predictions`` (N,) as a NumPy array in the split's order.
+
+    ``mesh``: split every batch by rows over the mesh's devices (``batch_size`` is rounded up
+    to a multiple of their number; the padding rows are masked), with ``params`` and ``state``
+    replicated over it. In a multi-process run every process must call this alike."""
     n = len(split.labels)
     batch_size = min(batch_size, n)
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
     idx = data_lib.batch_indices(n, batch_size, seed=0, shuffle=False, drop_remainder=False)
     totals = {"loss": 0.0, "accuracy": 0.0}
     predictions = []
     for rows in idx:
         real = rows >= 0
         safe = np.where(real, rows, 0)
-        m = eval_step(params, state, (split.images[safe], split.labels[safe],
-                                      real.astype(np.float32)))
+        batch = (split.images[safe], split.labels[safe], real.astype(np.float32))
+        if mesh is not None:
+            batch = distributed.shard_batch(batch, mesh)
+        m = eval_step(params, state, batch)
         count = float(m["count"])
         totals = {k: v + float(m[k]) * count for k, v in totals.items()}
-        predictions.append(np.asarray(m["predictions"])[real])
+        predictions.append(distributed.to_host(m["predictions"])[real])
     return {"loss": totals["loss"] / n, "accuracy": totals["accuracy"] / n,
             "predictions": np.concatenate(predictions)}
 

@@ -276,6 +276,34 @@ def test_max_pool_padding_never_wins():
     assert got.max() < 0
 
 
+def test_max_pool_gradient_at_ties():
+    """Tiling windows (the reshape path) share a tied window's gradient equally; overlapping
+    ones (reduce_window) give it to the first maximum in row-major order. Without ties both
+    paths give the gradient of the loop reference: 1 at each window's maximum."""
+    x = np.zeros((1, 4, 4, 1))
+    x[0, 0, 0, 0] = x[0, 1, 1, 0] = 2.0  # window (0, 0): two maxima; the other three: four
+
+    def grad(**kw):
+        return np.asarray(jax.grad(lambda x: jnp.sum(ops.max_pool(x, 2, **kw)))(_f32(x)))[
+            0, :, :, 0]
+
+    tiled = grad()
+    np.testing.assert_allclose(tiled[:2, :2], [[0.5, 0.0], [0.0, 0.5]], **TOL)
+    np.testing.assert_allclose(tiled[2:, 2:], np.full((2, 2), 0.25), **TOL)
+    overlapping = grad(stride=1)  # 9 overlapping windows: each to its first maximum
+    assert overlapping.sum() == 9.0 and overlapping[0, 0] == 1.0 and overlapping[1, 1] == 3.0
+    y = _uniform(_rng("pool-grad"), (2, 7, 7, 3))  # no ties: both are the argmax indicator
+    for kw in ({}, {"ceil_mode": True}):  # tiles (the last row and column dropped), overhang
+        got = jax.grad(lambda x, kw=kw: jnp.sum(ops.max_pool(x, 2, **kw)))(_f32(y))
+        out = ref.max_pool(y, 2, **kw)
+        want = np.zeros_like(y)
+        for n, i, j, c in np.ndindex(out.shape):
+            block = y[n, 2 * i: 2 * i + 2, 2 * j: 2 * j + 2, c]
+            a, b = np.unravel_index(np.argmax(block), block.shape)
+            want[n, 2 * i + a, 2 * j + b, c] = 1.0
+        np.testing.assert_allclose(np.asarray(got), want, **TOL)
+
+
 def test_avg_pool_divisors_differ_at_the_border():
     """Ones in, SAME padding: counting padding gives < 1 at the border, not counting gives 1."""
     x = np.ones((1, 4, 4, 1))

@@ -5,8 +5,6 @@ import sys
 
 import pytest
 
-import jaxcnn
-
 
 def test_lazy_modules_resolve_to_the_submodules():
     import jaxcnn.experiment
