@@ -44,7 +44,7 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 #: (``epochs``) only extend it.
 RESUMABLE_KEYS = frozenset({
     "epochs", "runs_dir", "data_dir", "log_every", "num_feature_samples", "keep_checkpoints",
-    "driver", "data_parallel", "distributed",
+    "driver", "data_parallel", "distributed", "steps_per_call",
 })
 
 
@@ -77,6 +77,10 @@ class Config:
     ``early_stopping_patience`` epochs without a better validation accuracy stop the run
     (0 = off); ``loss_tolerance`` stops it once an epoch's mean train loss is below it (0 = off).
     ``on_nonfinite``: "stop" raises on a NaN/Inf loss, "skip" drops those steps and counts them.
+    ``steps_per_call`` training steps run in one compiled call (a ``lax.scan``), between which
+    the runner listens for SIGINT/SIGTERM: a signal stops it within two such calls, with a
+    checkpoint in the middle of the epoch; larger values dispatch less often, results are the
+    same bit for bit.
     ``data_parallel`` splits every batch over all of ``jax.devices()`` (the parameters
     replicated; ``batch_size`` must divide evenly); ``distributed`` first joins a multi-process
     run (:func:`jaxcnn.distributed.initialize`, configured by ``$JAXCNN_COORDINATOR``,
@@ -109,6 +113,7 @@ class Config:
     loss_tolerance: float = 0.0
     driver: str = "auto"
     on_nonfinite: str = "stop"
+    steps_per_call: int = 20
     data_parallel: bool = False
     distributed: bool = False
 
@@ -121,7 +126,7 @@ class Config:
         _check_choice(name, "schedule", self.schedule, SCHEDULES)
         _check_choice(name, "driver", self.driver, DRIVERS)
         _check_choice(name, "on_nonfinite", self.on_nonfinite, ON_NONFINITE)
-        for key in ("epochs", "batch_size", "log_every", "keep_checkpoints"):
+        for key in ("epochs", "batch_size", "log_every", "keep_checkpoints", "steps_per_call"):
             _check_int(name, key, getattr(self, key), 1)
         for key in ("seed", "num_feature_samples", "early_stopping_patience"):
             _check_int(name, key, getattr(self, key), 0)

@@ -29,13 +29,16 @@ continues one from its run folder. Each run gets its own folder
   - texts ``config`` and ``model_summary`` at step 0; hparams (the config with the final
     metrics ``hparams/*``) once, when the run completes.
 
-Training runs one compiled call per epoch (:func:`jaxcnn.train.make_epoch_fn`), whose per-step
-metrics come back at the epoch's end and are logged with their global step numbers. Resuming
-restores the exact TrainState, history and data order, and opens the event writer with
-``purge_step`` so the curves continue with no step twice: the result equals an uninterrupted
-run with the same seed, bit for bit. SIGINT or SIGTERM lets the running epoch finish, saves its
-checkpoint, flushes the events and raises :class:`RunInterrupted` naming the resume command
-(the command line exits 130 or 143); a second signal stops at once.
+Training runs as compiled calls of ``steps_per_call`` steps each
+(:func:`jaxcnn.train.make_epoch_fn`), whose per-step metrics stay on the device and come back
+at the epoch's end, to be logged with their global step numbers. Resuming restores the exact
+TrainState, history and data order, and opens the event writer with ``purge_step`` so the
+curves continue with no step twice: the result equals an uninterrupted run with the same seed,
+bit for bit. SIGINT or SIGTERM lets the running steps finish (at most two calls), saves a
+checkpoint in the middle of the epoch (the state, and the metrics of the epoch's steps so far,
+which are logged when the resumed run ends the epoch), flushes the events and raises
+:class:`RunInterrupted` naming the resume command (the command line exits 130 or 143); a second
+signal stops at once.
 
 ``data_parallel`` trains over a :class:`jax.sharding.Mesh` of every device (batches split by
 rows, state replicated); ``distributed`` first joins a multi-process run
@@ -371,8 +374,8 @@ def _resume_command(run_dir: Path) -> str:
 
 
 class _Signals:
-    """Records SIGINT/SIGTERM while an epoch runs, so the run can stop after a checkpoint; a
-    second signal interrupts at once."""
+    """Records SIGINT/SIGTERM while training runs, so the run can stop between two compiled
+    calls with a checkpoint; a second signal interrupts at once."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -382,8 +385,23 @@ class _Signals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
-        print(f"\n{signal.Signals(signum).name} received: stopping after this epoch's checkpoint "
-              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(f"\n{signal.Signals(signum).name} received: stopping after the running steps, "
+              f"with a checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def heard(self) -> bool:
+        return self.received is not None
+
+    def agreed(self) -> bool:
+        """Whether any process of a multi-process run heard a signal (a collective: every
+        process asks at the same points, so all stop at the same step)."""
+        from jax.experimental import multihost_utils
+
+        heard = np.int32(self.received is not None)
+        return bool(np.asarray(multihost_utils.process_allgather(heard)).any())
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.received or signal.SIGTERM)  # SIGTERM: stopped for another process
 
     def __enter__(self) -> _Signals:
         if threading.current_thread() is threading.main_thread():
@@ -471,6 +489,8 @@ class _Trainer:
         key = jax.random.key(config.seed)
         self.history: list[dict[str, float]] = []
         self.epoch, self.skipped, self.wall_before = 0, 0, 0.0
+        # Steps of the current epoch done before a mid-epoch checkpoint, and their metrics.
+        self.epoch_step, self.partial = 0, None
         self.best_val: float | None = None
         self.best_name: str | None = None
         if resume_from is None:
@@ -481,6 +501,10 @@ class _Trainer:
             self.skipped = int(meta.get("skipped_steps", 0))
             self.wall_before = float(meta.get("wall_time_s", 0.0))
             self.best_val, self.best_name = meta.get("best_value"), meta.get("best_checkpoint")
+            self.epoch_step = int(meta.get("epoch_step", 0))
+            if self.epoch_step:
+                self.partial = {k: np.asarray(v["values"], v["dtype"])
+                                for k, v in meta["partial_metrics"].items()}
         if self.mesh is not None:  # over every device of every process, from the same values
             ts = distributed.replicate(ts, self.mesh)
         self.ts = ts
@@ -491,7 +515,7 @@ class _Trainer:
         self.run_epoch = train.make_epoch_fn(
             step, self.data.train.images, self.data.train.labels, config.batch_size,
             driver=config.driver, halt_on_nonfinite=config.on_nonfinite == "stop",
-            mesh=self.mesh)
+            mesh=self.mesh, steps_per_call=config.steps_per_call)
         self.eval_step = train.make_eval_step(self.model)
         sizes = [len(self.data.test.labels)] + ([len(self.data.val.labels)]
                                                 if self.data.val is not None else [])
@@ -584,15 +608,27 @@ class _Trainer:
                 wrong_x, wrong_t, wrong_p, class_names=names, max_images=_MAX_MISCLASSIFIED)
         return images
 
-    def train_epoch(self) -> dict[str, float]:
-        cfg, start = self.config, int(self.ts.step)
+    def train_epoch(self, stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
+        """The next epoch (or the rest of one a mid-epoch checkpoint began), its evaluation,
+        logging and checkpoint; its record, or None when ``stop`` said so before the epoch's end
+        (then a mid-epoch checkpoint is saved and nothing of the epoch is logged yet)."""
+        cfg, begun = self.config, self.epoch_step
+        start = int(self.ts.step) - begun  # the global step before the epoch's first
         t0 = time.perf_counter()
-        ts, m = self.run_epoch(self.ts, seed=cfg.seed, epoch=self.epoch)
+        ts, m = self.run_epoch(self.ts, seed=cfg.seed, epoch=self.epoch, start=begun, stop=stop)
         train_time = time.perf_counter() - t0
+        ran = len(m["loss"])
+        if self.partial is not None:
+            m = {k: np.concatenate([self.partial[k], m[k]]) for k in m}
         finite = np.asarray(m["finite"], bool)
         if cfg.on_nonfinite == "stop" and not finite.all():
             self._nonfinite(start, m)
         self.ts = ts
+        if len(finite) < self.steps_per_epoch:
+            self.epoch_step, self.partial = len(finite), m
+            self._checkpoint_partial()
+            return None
+        self.epoch_step, self.partial = 0, None
         self.skipped += int((~finite).sum())
         step = int(ts.step)
         self._log_train(start, m)
@@ -607,7 +643,7 @@ class _Trainer:
                            mesh=self.mesh)
         record.update(test_loss=t["loss"], test_accuracy=t["accuracy"])
         record.update(epoch_time_s=time.perf_counter() - t0,
-                      images_per_second=len(finite) * cfg.batch_size / train_time)
+                      images_per_second=ran * cfg.batch_size / train_time)
 
         scalars = {"train/epoch_loss": record["train_loss"],
                    "train/epoch_accuracy": record["train_accuracy"],
@@ -635,13 +671,27 @@ class _Trainer:
         judge = record.get("val_accuracy", record["test_accuracy"])
         if self.best_val is None or judge > self.best_val:
             self.best_val, self.best_name = judge, name
+        if self.main:
+            self._save(name, {})
+
+    def _checkpoint_partial(self) -> None:
+        """A checkpoint in the middle of epoch ``self.epoch + 1``: the state after its first
+        ``epoch_step`` steps and their metrics, so a resume finishes the epoch (same batches,
+        same order) and logs it as if it had never stopped. Named ``ckpt-<epochs
+        done>_step<global step>``, after the epoch's own and before the next by name."""
         if not self.main:
             return
+        partial = {k: {"dtype": np.asarray(v).dtype.name, "values": np.asarray(v).tolist()}
+                   for k, v in self.partial.items()}
+        self._save(f"ckpt-{self.epoch:06d}_step{int(self.ts.step):09d}",
+                   {"epoch_step": self.epoch_step, "partial_metrics": partial})
+
+    def _save(self, name: str, extra: dict[str, Any]) -> None:
         meta = {"epoch": self.epoch, "step": int(self.ts.step), "history": self.history,
                 "early_stopping_history": self.history, "data_order_seed": self.config.seed,
                 "config": config_lib.to_dict(self.config), "skipped_steps": self.skipped,
                 "best_checkpoint": self.best_name, "best_value": self.best_val,
-                "wall_time_s": self.wall_time()}
+                "wall_time_s": self.wall_time(), **extra}
         # Events first: a resume starts after this checkpoint, so its steps must be on disk
         # before it exists, or a kill right after it would lose them for good.
         self.writer.flush()
@@ -738,11 +788,12 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
     setup_compilation_cache()
     # A run killed after its last checkpoint but before "completed" may still owe its hparams.
     was_completed = _status(run_dir).get("status") == "completed"
-    # Signals are caught from here on: one during set-up stops the run after its first epoch.
+    # Signals are caught from here on: one during set-up stops the run after its first call.
     with _Signals() as signals:
         trainer = _Trainer(config, run_dir, resume_from=resume_from,
                            extra_writers=extra_writers, progress=progress,
                            resume_note=resume_note)
+        stop = signals.agreed if config.distributed else signals.heard
         try:
             if save_config and trainer.main:  # only once the checkpoint was restored: a
                 # refused one changes nothing
@@ -754,20 +805,30 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
                 trainer.compile_epoch()
             done_here, early = 0, False
             while trainer.epoch < config.epochs:
-                record = trainer.train_epoch()
+                record = trainer.train_epoch(stop)
+                if record is None:  # stopped by a signal in the middle of the epoch
+                    trainer._status("interrupted")
+                    trainer.writer.flush()
+                    cmd = _resume_command(run_dir)
+                    raise RunInterrupted(
+                        f"run {run_dir} stopped at step {int(trainer.ts.step)}, "
+                        f"{trainer.epoch_step} of {trainer.steps_per_epoch} steps into epoch "
+                        f"{trainer.epoch + 1} of {config.epochs} (checkpoint saved); continue "
+                        f"it with: {cmd}",
+                        exit_code=signals.exit_code, run_dir=run_dir, resume_command=cmd)
                 trainer.report(record)
                 done_here += 1
                 early = trainer.should_stop_early()
                 if early:
                     break
-                if signals.received is not None and trainer.epoch < config.epochs:
+                if trainer.epoch < config.epochs and stop():
                     trainer._status("interrupted")
                     trainer.writer.flush()
                     cmd = _resume_command(run_dir)
                     raise RunInterrupted(
                         f"run {run_dir} stopped after epoch {trainer.epoch} of {config.epochs} "
                         f"(checkpoint saved); continue it with: {cmd}",
-                        exit_code=128 + signals.received, run_dir=run_dir, resume_command=cmd)
+                        exit_code=signals.exit_code, run_dir=run_dir, resume_command=cmd)
                 if stop_after_epochs is not None and done_here >= stop_after_epochs:
                     break
             completed = early or trainer.epoch >= config.epochs

@@ -145,6 +145,7 @@ def make_epoch_fn(
     driver: str = "auto",
     halt_on_nonfinite: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    steps_per_call: int | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, np.ndarray]]]:
     """``run(ts, *, seed, epoch) -> (ts, metrics)``: one epoch over ``images`` (N, H, W, C) and
     ``labels`` (N,) in shuffled batches of ``batch_size`` (the incomplete last batch dropped;
@@ -156,6 +157,16 @@ def make_epoch_fn(
     value per step (NumPy, fetched once at the end). With ``halt_on_nonfinite``, the first step
     with a non-finite loss freezes the state for the rest of the epoch, so the caller can stop
     exactly there.
+
+    ``run(ts, *, seed, epoch, start=0, stop=None)``: ``start`` skips the epoch's first
+    ``start`` steps (to continue an epoch that a checkpoint interrupted: the same batches in the
+    same order follow); ``stop``, a function of no arguments, is asked between calls and, once
+    it returns True, the epoch ends early: ``metrics`` then holds only the steps that ran.
+    ``steps_per_call`` (scan driver) splits the epoch into scans of that many steps (and one
+    shorter program for the rest), each a compiled call with at most one more queued behind
+    it, so ``stop`` is heard within two calls; None scans the whole epoch in one call (``stop``
+    is then asked only at its end). The loop driver asks ``stop`` after every step. Every
+    split gives bit-identical results: each step runs the same compiled scan body.
 
     ``run.compile(ts)`` compiles the epoch's program for ``ts`` (or loads it from JAX's
     persistent compilation cache) without running it, so the first epoch starts at once: the
@@ -170,6 +181,10 @@ def make_epoch_fn(
         raise ValueError(f"make_epoch_fn: driver must be 'auto', 'scan' or 'loop', got {driver!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"make_epoch_fn: batch_size must be a positive int, got {batch_size!r}")
+    if steps_per_call is not None and (isinstance(steps_per_call, bool) or
+                                       not isinstance(steps_per_call, int) or steps_per_call < 1):
+        raise ValueError(f"make_epoch_fn: steps_per_call must be a positive int or None, got "
+                         f"{steps_per_call!r}")
     n = len(images)
     if batch_size > n:
         raise ValueError(f"make_epoch_fn: batch_size ({batch_size}) is larger than the "
@@ -212,23 +227,38 @@ def make_epoch_fn(
         return data_lib.batch_indices(n, batch_size, seed=seed, epoch=epoch, shuffle=True,
                                       drop_remainder=True)
 
+    steps = n // batch_size
+
     if driver == "scan":
         dev_images, dev_labels = place(images), place(labels)
 
+        def run(ts, *, seed, epoch, start=0, stop=None):
+            idx = order(seed, epoch)[_check_start(start, steps)]
+            size = len(idx) if steps_per_call is None else steps_per_call
+            carry, out = (place(ts), place(np.array(False))), []
+            for lo in range(0, len(idx), max(size, 1)):
+                carry, metrics = scan_epoch(carry, dev_images, dev_labels,
+                                            place(idx[lo: lo + size]))
+                out.append(metrics)
+                if len(out) > 1:  # one call queued behind the running one, no more
+                    jax.block_until_ready(out[-2])
+                if stop is not None and lo + size < len(idx) and stop():
+                    break
+            return carry[0], _stack(out)
+
         @jax.jit
-        def scan_epoch(ts, images, labels, idx):
+        def scan_epoch(carry, images, labels, idx):
             def gathered(carry, rows):
                 return body(carry, (images[rows], labels[rows]))
 
-            (ts, _), metrics = jax.lax.scan(gathered, (ts, jnp.array(False)), idx)
-            return ts, metrics
+            return jax.lax.scan(gathered, carry, idx)
 
-        def run(ts, *, seed, epoch):
-            ts, metrics = scan_epoch(place(ts), dev_images, dev_labels, place(order(seed, epoch)))
-            return ts, jax.device_get(metrics)
+        def compile_first_call(ts):
+            size = steps if steps_per_call is None else min(steps_per_call, steps)
+            scan_epoch.lower((place(ts), place(np.array(False))), dev_images, dev_labels,
+                             place(order(0, 0)[:size])).compile()
 
-        run.compile = lambda ts: scan_epoch.lower(  # type: ignore[attr-defined]
-            place(ts), dev_images, dev_labels, place(order(0, 0))).compile()
+        run.compile = compile_first_call  # type: ignore[attr-defined]
         return run
 
     @jax.jit
@@ -237,13 +267,15 @@ def make_epoch_fn(
         # drivers give bit-identical results.
         return jax.lax.scan(body, carry, (images[None], labels[None]))
 
-    def run(ts, *, seed, epoch):
+    def run(ts, *, seed, epoch, start=0, stop=None):
+        idx = order(seed, epoch)[_check_start(start, steps)]
         carry, out = (place(ts), place(np.array(False))), []
-        for rows in order(seed, epoch):
+        for i, rows in enumerate(idx):
             carry, metrics = step(carry, *place_batch((images[rows], labels[rows])))
             out.append(metrics)
-        stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *out))
-        return carry[0], stacked
+            if stop is not None and i + 1 < len(idx) and stop():
+                break
+        return carry[0], _stack(out)
 
     def compile_step(ts):
         rows = order(0, 0)[0]
@@ -252,6 +284,19 @@ def make_epoch_fn(
 
     run.compile = compile_step  # type: ignore[attr-defined]
     return run
+
+
+def _check_start(start: int, steps: int) -> slice:
+    if isinstance(start, bool) or not isinstance(start, int | np.integer) or not \
+            0 <= start < steps:
+        raise ValueError(f"make_epoch_fn: start must be an int in [0, {steps}) (the steps of an "
+                         f"epoch), got {start!r}")
+    return slice(int(start), None)
+
+
+def _stack(out: list[Metrics]) -> dict[str, np.ndarray]:
+    """Per-call metrics (each with a leading step axis) as one NumPy array per name."""
+    return jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *out))
 
 
 def make_eval_step(model: Layer, loss_fn: LossFn = softmax_cross_entropy

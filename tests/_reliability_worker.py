@@ -23,6 +23,9 @@ environment variables:
   calibrate N.
 - ``JAXCNN_DIGITS_NPZ=FILE``: load the digits from FILE (the test's own ``data.load("digits")``)
   instead of through scikit-learn, whose import alone takes seconds per process.
+- ``JAXCNN_SLOW_CALLS=SECONDS``: the runner sleeps that long each time it asks whether a
+  signal came (between two compiled calls of training), so a signal sent as an epoch starts
+  lands in its middle.
 - ``JAXCNN_SAME_SECOND=1``: every run folder gets the timestamp 20240101-120000 and, on the first
   try, the id ``000000``, so runs started at once collide and must retry.
 
@@ -119,9 +122,9 @@ def _init_traced(self, *args, **kwargs):
         _enter("end")
 
 
-def _train_epoch_traced(self):
+def _train_epoch_traced(self, stop=None):
     _enter(str(self.epoch + 1))
-    record = _train_epoch(self)
+    record = _train_epoch(self, stop)
     if self.epoch >= self.config.epochs:
         _enter("end")
     return record
@@ -137,6 +140,15 @@ if _DIGITS:
             return data.Splits(data.Split(f["x"], f["y"]), data.Split(f["xt"], f["yt"]))
 
     data._load_digits = _load_digits
+
+if os.environ.get("JAXCNN_SLOW_CALLS"):
+    _heard, _pause = experiment._Signals.heard, float(os.environ["JAXCNN_SLOW_CALLS"])
+
+    def _slow_heard(self):
+        time.sleep(_pause)
+        return _heard(self)
+
+    experiment._Signals.heard = _slow_heard
 
 if os.environ.get("JAXCNN_SAME_SECOND"):
     class _Noon(datetime):

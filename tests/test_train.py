@@ -63,6 +63,42 @@ def test_scan_and_loop_drivers_give_the_same_parameters():
     assert int(a.step) == int(b.step) == 6
 
 
+@pytest.mark.parametrize("driver", ["scan", "loop"])
+def test_an_epoch_split_into_calls_or_stopped_and_continued_is_bit_identical(driver):
+    """Scans of 4 steps (4, 4, 4 and a rest of 1: 13 steps), and an epoch stopped after its
+    first call then continued with ``start``, end exactly where one whole-epoch scan does."""
+    split = _toy(n=208)
+    model = _tiny_model()
+    opt = optax.sgd(0.05, momentum=0.9)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt, jit=False)
+    ts0 = _state(model, opt, split)
+    whole, mw = train.make_epoch_fn(step, split.images, split.labels, 16, driver="scan")(
+        ts0, seed=1, epoch=2)
+    run = train.make_epoch_fn(step, split.images, split.labels, 16, driver=driver,
+                              steps_per_call=4)
+    split_ts, ms = run(ts0, seed=1, epoch=2)
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return True
+
+    part, mp = run(ts0, seed=1, epoch=2, stop=stop)
+    done = len(mp["loss"])
+    # Heard within two calls of 4 steps (scan: one call queued behind the one running).
+    assert asked and 1 <= done <= (8 if driver == "scan" else 1) and int(part.step) == done
+    rest, mr = run(part, seed=1, epoch=2, start=done)
+    for ts, m in ((split_ts, ms), (rest, {k: np.concatenate([mp[k], mr[k]]) for k in mp})):
+        assert int(ts.step) == 13
+        jax.tree.map(np.testing.assert_array_equal, ts.params, whole.params)
+        jax.tree.map(np.testing.assert_array_equal, ts.opt_state, whole.opt_state)
+        np.testing.assert_array_equal(m["loss"], mw["loss"])
+    with pytest.raises(ValueError, match=r"start must be an int in \[0, 13\)"):
+        run(ts0, seed=1, epoch=2, start=13)
+    with pytest.raises(ValueError, match="steps_per_call must be a positive int"):
+        train.make_epoch_fn(step, split.images, split.labels, 16, steps_per_call=0)
+
+
 def test_training_is_deterministic_for_a_seed_and_differs_across_seeds():
     split = _toy()
     model = _tiny_model()
