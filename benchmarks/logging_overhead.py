@@ -9,17 +9,20 @@ Each case (``dataset:model``) takes its config from the experiment script of tha
 swapped in, builds the runner's own trainer (``jaxcnn.experiment._Trainer``, writing a run
 folder in a temporary directory) and times, on its one model, data and train state:
 
-- ``bare``: ``train.make_epoch_fn``'s compiled epoch alone (one ``lax.scan`` over the shuffled
-  batches; the per-step metrics fetched once at its end), the trainer's own ``run_epoch``;
+- ``bare``: ``train.make_epoch_fn``'s compiled epoch alone, as one ``lax.scan`` over the
+  shuffled batches (``steps_per_call=None``), the per-step metrics fetched once at its end, on
+  the trainer's own train step and data;
 - ``bare+eval``: that, then the validation and test evaluation the runner does each epoch (any
   loop that reports a test accuracy needs it, with or without TensorBoard);
-- ``runner``: the trainer's ``train_epoch``: the same epoch and evaluation plus everything the
-  runner logs and saves: ``train/*`` scalars every ``log_every`` steps and the epoch scalars,
-  histograms of every parameter and of the gradients on a fixed batch, the conv filters, the
-  feature maps of ``num_feature_samples`` test images after every conv layer, the confusion
-  matrix and the misclassified test images, all to a TensorBoard event file, and a checkpoint
-  and ``run.json``. Each block of runner epochs ends with ``writer.flush()`` (the event writer
-  runs on a background thread), counted in the last epoch's time.
+- ``runner``: the trainer's ``train_epoch``: the same epoch, run as the runner runs it (calls
+  of ``steps_per_call`` steps, between which it listens for signals), and evaluation plus
+  everything the runner logs and saves: ``train/*`` scalars every ``log_every`` steps and the
+  epoch scalars, histograms of every parameter and of the gradients on a fixed batch, the
+  conv filters, the feature maps of ``num_feature_samples`` test images after every conv
+  layer, the confusion matrix and the misclassified test images, all to a TensorBoard event
+  file, and a checkpoint and ``run.json``. Each block of runner epochs ends with
+  ``writer.flush()`` (the event writer runs on a background thread), counted in the last
+  epoch's time.
 
 A pass runs ``--epochs`` epochs of each contender back to back; passes rotate the order, so a
 slow drift of a shared machine hits all alike. The table gives the median seconds per epoch
@@ -52,6 +55,7 @@ from jaxcnn import cli, experiment, train  # noqa: E402
 from jaxcnn import config as config_lib  # noqa: E402
 from jaxcnn import data as data_lib  # noqa: E402
 from jaxcnn.errors import DataError  # noqa: E402
+from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
 
 SCRIPTS = {"lenet5": "mnist_lenet5", "simple_cnn": "mnist_simple_cnn", "vgg_small": "digits_cnn"}
 DEFAULT_CASES = "digits:vgg_small,mnist:lenet5,mnist:simple_cnn"
@@ -96,15 +100,21 @@ class Case:
                                            progress=False, resume_note=None)
         self.config = config
         self.steps = len(self.trainer.data.train.labels) // config.batch_size
+        t = self.trainer
+        step = train.make_train_step(t.model, softmax_cross_entropy, t.optimizer, jit=False)
+        self.whole_epoch = train.make_epoch_fn(
+            step, t.data.train.images, t.data.train.labels, config.batch_size,
+            driver=config.driver, halt_on_nonfinite=config.on_nonfinite == "stop",
+            steps_per_call=None)
 
     def bare(self) -> None:
         t = self.trainer
-        ts, metrics = t.run_epoch(t.ts, seed=self.config.seed, epoch=t.epoch)
+        ts, metrics = self.whole_epoch(t.ts, seed=self.config.seed, epoch=t.epoch)
         jax.block_until_ready(ts)
 
     def bare_eval(self) -> None:
         t = self.trainer
-        ts, metrics = t.run_epoch(t.ts, seed=self.config.seed, epoch=t.epoch)
+        ts, metrics = self.whole_epoch(t.ts, seed=self.config.seed, epoch=t.epoch)
         if t.data.val is not None:
             train.evaluate(t.eval_step, ts.params, ts.state, t.data.val, t.eval_batch,
                            mesh=t.mesh)
@@ -156,7 +166,7 @@ class Breakdown:
 
     def __enter__(self) -> Breakdown:
         t = self.trainer
-        self._wrap(t, "run_epoch", "train epoch (compiled scan)")
+        self._wrap(t, "run_epoch", "train epoch (compiled calls)")
         self._wrap(train, "evaluate", "val + test evaluation")
         self._wrap(t, "_log_train", "train/* scalars every log_every steps")
         self._wrap(t, "_epoch_images", "images: filters, feature maps, confusion, misclassified")

@@ -98,8 +98,33 @@ def layer_info(layer: Layer) -> LayerInfo:
 
 
 def _make(init: Callable, apply: Callable, info: LayerInfo) -> Layer:
-    init.info = info  # type: ignore[attr-defined]
-    return Layer(init, apply)
+    """The Layer, its ``init`` refusing a key that is not a PRNG key and its ``apply`` an
+    input that is not an array, with this layer's own error instead of one from inside JAX."""
+
+    def init_checked(key, in_shape):
+        if not _is_prng_key(key):
+            raise LayerError(info.kind, info.name, f"init needs a PRNG key, e.g. "
+                             f"jax.random.key(0), got {type(key).__name__} {key!r:.60}")
+        return init(key, in_shape)
+
+    def apply_checked(params, state, x, *, key=None, train=False):
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            raise LayerError(info.kind, info.name, f"input must be an array (N, ...), got "
+                             f"{type(x).__name__}; convert it with jnp.asarray")
+        return apply(params, state, x, key=key, train=train)
+
+    init_checked.info = info  # type: ignore[attr-defined]
+    return Layer(init_checked, apply_checked)
+
+
+def _is_prng_key(key: Any) -> bool:
+    """A typed key (``jax.random.key``) or a raw uint32 one (``jax.random.PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or getattr(key, "ndim", 0) is None:
+        return False
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return dtype == jnp.uint32 and key.ndim >= 1
 
 
 def _concrete(in_shape: Shape) -> tuple[int, ...]:

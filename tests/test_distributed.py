@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import _distributed_worker as worker
@@ -21,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _processes import free_port, wait_all
 
 from jaxcnn import distributed
 from jaxcnn.train import data_parallel_mesh
@@ -35,12 +34,6 @@ ENV_VARS = (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distribu
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker_env(devices: int, xla_flags: str = "", **extra: str) -> dict[str, str]:
@@ -63,29 +56,7 @@ def _run_workers(tmp_path: Path, envs: list[dict[str, str]]) -> list[dict[str, n
             procs.append(subprocess.Popen([sys.executable, str(WORKER), str(outs[-1])], cwd=REPO,
                                           env=env, stdout=log, stderr=subprocess.STDOUT))
 
-    def report(why: str) -> str:
-        tails = "\n".join(f"--- worker {i} (exit {p.returncode}):\n{logs[i].read_text()[-3000:]}"
-                          for i, p in enumerate(procs))
-        return f"{why}\n{tails}"
-
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while any(p.poll() is None for p in procs):
-            if any(p.returncode not in (None, 0) for p in procs):
-                break
-            if time.monotonic() > deadline:
-                for p in procs:
-                    p.kill()
-                    p.wait(timeout=30)
-                pytest.fail(report(f"workers still running after {TIMEOUT_S:.0f} s; killed"))
-            time.sleep(0.1)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
-    if any(p.returncode != 0 for p in procs):
-        pytest.fail(report("a worker failed"))
+    wait_all(procs, logs, TIMEOUT_S)
     return [dict(np.load(out)) for out in outs]
 
 
@@ -141,7 +112,7 @@ def test_eight_devices_follow_the_single_device_run(tmp_path: Path, reference) -
 def test_two_processes_agree_with_each_other_and_the_single_device_run(
     tmp_path: Path, reference
 ) -> None:
-    coordinator = f"127.0.0.1:{_free_port()}"
+    coordinator = f"127.0.0.1:{free_port()}"
     envs = [_worker_env(2, JAXCNN_COORDINATOR=coordinator, JAXCNN_NUM_PROCESSES="2",
                         JAXCNN_PROCESS_ID=str(i)) for i in range(2)]
     results = _run_workers(tmp_path, envs)

@@ -145,6 +145,16 @@ case("parallel-shapes")(lambda c: L.parallel(L.Conv(4, 3), L.Conv(4, 1)).init(
     KEY, (None, 8, 8, 1)))
 
 
+case("init-int-key")(lambda c: models.lenet5().init(0, (None, 28, 28, 1)))
+
+
+@case("batchnorm-not-an-array")
+def _(c):
+    bn = L.BatchNorm()
+    _, params, state = bn.init(KEY, (None, 4, 4, 3))
+    return bn.apply(params, state, [[1.0]], train=True)
+
+
 @case("apply-no-batch-axis")
 def _(c):
     model, params, state = _simple_cnn()

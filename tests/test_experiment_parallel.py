@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _processes import free_port, wait_all
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 from jaxcnn import checkpoint as ckpt
@@ -47,12 +46,6 @@ ENV_VARS = ("JAXCNN_COORDINATOR", "JAXCNN_COORDINATOR_BIND_ADDRESS", "JAXCNN_NUM
             "JAXCNN_PROCESS_ID", "JAXCNN_LOCAL_DEVICE_IDS")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _args(runs_dir: Path, *flags: str) -> list[str]:
     pairs = [f"--{k.replace('_', '-')}={v}" for k, v in OVERRIDES.items()]
     return [*pairs, f"--runs-dir={runs_dir}", *flags]
@@ -71,30 +64,6 @@ def _start(log: Path, args: list[str], env: dict[str, str]) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-c", MAIN, *args], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
-
-
-def _wait(procs: list[subprocess.Popen], logs: list[Path]) -> None:
-    """Wait for every process; fail with their logs as soon as one fails (killing the rest,
-    which may wait for it), or after TIMEOUT_S."""
-    def report(why: str) -> str:
-        return why + "".join(f"\n--- process {i} (exit {p.returncode}):\n"
-                             f"{logs[i].read_text()[-3000:]}" for i, p in enumerate(procs))
-
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while any(p.poll() is None for p in procs):
-            if any(p.returncode not in (None, 0) for p in procs):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(report(f"still running after {TIMEOUT_S:.0f} s; killed"))
-            time.sleep(0.1)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=30)
-    if any(p.returncode != 0 for p in procs):
-        pytest.fail(report("a process failed"))
 
 
 def _the_run(runs_dir: Path) -> Path:
@@ -120,7 +89,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     cache = tmp_path_factory.getbasetemp() / "jaxcnn_cache"
     experiment.setup_compilation_cache(cache / "jax")
     dirs = {name: tmp / name for name in ("single", "eight", "processes")}
-    coordinator = f"127.0.0.1:{_free_port()}"
+    coordinator = f"127.0.0.1:{free_port()}"
     logs = [tmp / f"{name}.log" for name in ("eight", "process0", "process1")]
     procs = [_start(logs[0], _args(dirs["eight"], "--data-parallel"), _env(cache, 8))]
     for i in range(2):
@@ -136,7 +105,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             experiment.run(config, progress=False)
     finally:
         jax.config.update("jax_default_prng_impl", impl)
-        _wait(procs, logs)
+        wait_all(procs, logs, TIMEOUT_S)
     return {**dirs, "logs": logs}
 
 
