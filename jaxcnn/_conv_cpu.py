@@ -101,13 +101,13 @@ def plan_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1
     """The formulation of each piece for a convolution of these shapes (x NHWC, w HWIO), as
     measured in whole training steps and with ``benchmarks/conv_breakdown.py`` on a 2-core
     AVX2 CPU: the 1-channel forward as taps (for inference only up to 16 output channels), the
-    input gradient of an input with fewer than 8 channels as a GEMM, the weight gradient as a
+    input gradient of a 1-channel input as a GEMM, the weight gradient as a
     GEMM from 32 output channels on (or with groups) and as a convolution below; in training,
     from batch 64 on, the convolutions run as 4 batch slices."""
     kh, kw, cin_g, cout = w_shape
     single = groups == 1
     fwd = "taps" if single and cin_g == 1 else "lax"
-    dx = "gemm" if single and cin_g < 8 else "conv"
+    dx = "gemm" if single and cin_g == 1 else "conv"
     dw = "gemm" if cout >= 32 or not single else "conv"
     # XLA's CPU runtime runs a convolution whose output is stored on one core; inside a
     # training step (a scan body) it runs independent ones side by side.

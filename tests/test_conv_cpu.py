@@ -178,7 +178,7 @@ def test_plan_for_the_model_layers():
     assert plan((128, 14, 14, 32), (3, 3, 32, 64)) == ("lax", "conv", "gemm", 4, "lax")
     assert plan((8, 14, 14, 32), (3, 3, 32, 64)) == ("lax", "conv", "gemm", 1, "lax")
     assert plan((128, 28, 28, 1), (5, 5, 1, 6)) == ("taps", "gemm", "conv", 4, "taps")
-    assert plan((128, 14, 14, 6), (5, 5, 6, 16)) == ("lax", "gemm", "conv", 4, "lax")
+    assert plan((128, 14, 14, 6), (5, 5, 6, 16)) == ("lax", "conv", "conv", 4, "lax")
     assert plan((128, 14, 14, 32), (3, 3, 1, 32), 32) == ("lax", "conv", "gemm", 4, "lax")
 
 
