@@ -696,8 +696,10 @@ class _Trainer:
         # before it exists, or a kill right after it would lose them for good.
         self.writer.flush()
         ckpt.save(self.ckpt_dir, name, _local(self.ts), meta)
-        ckpt.atomic_write(self.ckpt_dir / "best", f"{self.best_name}\n")
-        ckpt.prune(self.ckpt_dir, self.config.keep_checkpoints, protect=[self.best_name])
+        if self.best_name is not None:  # None: a mid-epoch checkpoint before any whole epoch
+            ckpt.atomic_write(self.ckpt_dir / "best", f"{self.best_name}\n")
+        ckpt.prune(self.ckpt_dir, self.config.keep_checkpoints,
+                   protect=[self.best_name] if self.best_name else [])
         self._status("running")
 
     def wall_time(self) -> float:

@@ -368,6 +368,7 @@ def test_signal_finishes_the_running_steps_checkpoints_flushes_and_exits(
     assert status["status"] == "interrupted" and status["epochs_done"] == k
     latest = ckpt.latest(run_dir / "checkpoints")
     assert latest.name == f"ckpt-{k:06d}_step{step:09d}.npz"
+    assert not (run_dir / "checkpoints" / "best").exists()  # no whole epoch to be best yet
     tree, meta = ckpt.restore(latest, template)
     assert int(tree.step) == step and meta["epoch_step"] == into and meta["epoch"] == k
     assert len(meta["partial_metrics"]["loss"]["values"]) == into
