@@ -66,7 +66,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -489,8 +489,9 @@ class _Trainer:
         key = jax.random.key(config.seed)
         self.history: list[dict[str, float]] = []
         self.epoch, self.skipped, self.wall_before = 0, 0, 0.0
-        # Steps of the current epoch done before a mid-epoch checkpoint, and their metrics.
-        self.epoch_step, self.partial = 0, None
+        # The per-step metrics of the current epoch's steps done before a mid-epoch
+        # checkpoint (None at an epoch's start).
+        self.partial: dict[str, np.ndarray] | None = None
         self.best_val: float | None = None
         self.best_name: str | None = None
         if resume_from is None:
@@ -501,8 +502,7 @@ class _Trainer:
             self.skipped = int(meta.get("skipped_steps", 0))
             self.wall_before = float(meta.get("wall_time_s", 0.0))
             self.best_val, self.best_name = meta.get("best_value"), meta.get("best_checkpoint")
-            self.epoch_step = int(meta.get("epoch_step", 0))
-            if self.epoch_step:
+            if meta.get("epoch_step"):
                 self.partial = {k: np.asarray(v["values"], v["dtype"])
                                 for k, v in meta["partial_metrics"].items()}
         if self.mesh is not None:  # over every device of every process, from the same values
@@ -625,10 +625,10 @@ class _Trainer:
             self._nonfinite(start, m)
         self.ts = ts
         if len(finite) < self.steps_per_epoch:
-            self.epoch_step, self.partial = len(finite), m
+            self.partial = m
             self._checkpoint_partial()
             return None
-        self.epoch_step, self.partial = 0, None
+        self.partial = None
         self.skipped += int((~finite).sum())
         step = int(ts.step)
         self._log_train(start, m)
@@ -701,6 +701,11 @@ class _Trainer:
         ckpt.prune(self.ckpt_dir, self.config.keep_checkpoints,
                    protect=[self.best_name] if self.best_name else [])
         self._status("running")
+
+    @property
+    def epoch_step(self) -> int:
+        """Steps of the current epoch already done (by a segment that a signal stopped)."""
+        return 0 if self.partial is None else len(self.partial["loss"])
 
     def wall_time(self) -> float:
         return self.wall_before + time.perf_counter() - self.t_start
@@ -783,11 +788,22 @@ def _code_block(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
+def _interrupted(trainer: _Trainer, exit_code: int, where: str) -> NoReturn:
+    """Mark the run interrupted (its checkpoint is saved), flush its events and raise
+    RunInterrupted naming ``where`` it stopped and the resume command."""
+    trainer._status("interrupted")
+    trainer.writer.flush()
+    cmd = _resume_command(trainer.run_dir)
+    raise RunInterrupted(f"run {trainer.run_dir} stopped {where} (checkpoint saved); continue it "
+                         f"with: {cmd}", exit_code=exit_code, run_dir=trainer.run_dir,
+                         resume_command=cmd)
+
+
 def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
            stop_after_epochs: int | None, extra_writers: Sequence[MetricWriter],
            progress: bool | None, resume_note: str | None = None,
            save_config: bool = False) -> RunResult:
-    setup_compilation_cache()
+    # run() and resume() turned on the compilation cache before anything compiled.
     # A run killed after its last checkpoint but before "completed" may still owe its hparams.
     was_completed = _status(run_dir).get("status") == "completed"
     # Signals are caught from here on: one during set-up stops the run after its first call.
@@ -809,28 +825,18 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
             while trainer.epoch < config.epochs:
                 record = trainer.train_epoch(stop)
                 if record is None:  # stopped by a signal in the middle of the epoch
-                    trainer._status("interrupted")
-                    trainer.writer.flush()
-                    cmd = _resume_command(run_dir)
-                    raise RunInterrupted(
-                        f"run {run_dir} stopped at step {int(trainer.ts.step)}, "
-                        f"{trainer.epoch_step} of {trainer.steps_per_epoch} steps into epoch "
-                        f"{trainer.epoch + 1} of {config.epochs} (checkpoint saved); continue "
-                        f"it with: {cmd}",
-                        exit_code=signals.exit_code, run_dir=run_dir, resume_command=cmd)
+                    _interrupted(trainer, signals.exit_code,
+                                 f"at step {int(trainer.ts.step)}, {trainer.epoch_step} of "
+                                 f"{trainer.steps_per_epoch} steps into epoch "
+                                 f"{trainer.epoch + 1} of {config.epochs}")
                 trainer.report(record)
                 done_here += 1
                 early = trainer.should_stop_early()
                 if early:
                     break
                 if trainer.epoch < config.epochs and stop():
-                    trainer._status("interrupted")
-                    trainer.writer.flush()
-                    cmd = _resume_command(run_dir)
-                    raise RunInterrupted(
-                        f"run {run_dir} stopped after epoch {trainer.epoch} of {config.epochs} "
-                        f"(checkpoint saved); continue it with: {cmd}",
-                        exit_code=signals.exit_code, run_dir=run_dir, resume_command=cmd)
+                    _interrupted(trainer, signals.exit_code,
+                                 f"after epoch {trainer.epoch} of {config.epochs}")
                 if stop_after_epochs is not None and done_here >= stop_after_epochs:
                     break
             completed = early or trainer.epoch >= config.epochs

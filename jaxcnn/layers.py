@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -211,9 +211,6 @@ def _wrap_apply(kind: str, name: str | None, fn: Callable) -> Callable:
     """Turn a ValueError from an op (a wrong input at apply time) into this layer's LayerError."""
 
     def apply(params, state, x, *, key=None, train=False):
-        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-            raise LayerError(kind, name, f"input must be an array (N, ...), got "
-                             f"{type(x).__name__}; convert it with jnp.asarray")
         try:
             return fn(params, state, x, key=key, train=train)
         except LayerError:
@@ -371,7 +368,8 @@ def AvgPool(
 
 def _stateless(kind: str, base: str, fn: Callable[[Array], Array], name: str | None, *,
                rank: int | None = None, layout: str = "", min_rank: int | None = None,
-               is_global: bool = False) -> Layer:
+               is_global: bool = False, window: tuple[int, int] | None = None,
+               stride: tuple[int, int] = (1, 1)) -> Layer:
     def apply_(params, state, x, *, key=None, train=False):
         return fn(x), state
 
@@ -381,7 +379,8 @@ def _stateless(kind: str, base: str, fn: Callable[[Array], Array], name: str | N
         _check_shape(kind, name, in_shape, rank, layout, min_rank=min_rank)
         return _eval_out_shape(apply, {}, {}, in_shape), {}, {}
 
-    return _make(init, apply, LayerInfo(kind, base, name, is_global=is_global))
+    return _make(init, apply, LayerInfo(kind, base, name, window=window, stride=stride,
+                                        is_global=is_global))
 
 
 def GlobalMaxPool(*, name: str | None = None) -> Layer:
@@ -459,12 +458,10 @@ def Lambda(fn: Callable[[Array], Array], *, kind: str = "Lambda", name: str | No
     """
     if not callable(fn):
         raise LayerError(kind, name, f"fn must be callable, got {type(fn).__name__}")
-    layer = _stateless(kind, kind.lower(), fn, name)
     if window is None:
-        return layer
-    info = replace(layer_info(layer), window=_pair(window, "window", kind, name),
-                   stride=_pair(stride, "stride", kind, name))
-    return _make(layer.init, layer.apply, info)
+        return _stateless(kind, kind.lower(), fn, name)
+    return _stateless(kind, kind.lower(), fn, name, window=_pair(window, "window", kind, name),
+                      stride=_pair(stride, "stride", kind, name))
 
 
 def Dropout(rate: float, *, name: str | None = None) -> Layer:

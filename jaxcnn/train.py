@@ -229,14 +229,18 @@ def make_epoch_fn(
 
     steps = n // batch_size
 
+    def first_carry(ts):
+        # The scan carry: the state and whether a non-finite step has halted the epoch.
+        return place(ts), place(np.array(False))
+
     if driver == "scan":
         dev_images, dev_labels = place(images), place(labels)
 
         def run(ts, *, seed, epoch, start=0, stop=None):
             idx = order(seed, epoch)[_check_start(start, steps)]
             size = len(idx) if steps_per_call is None else steps_per_call
-            carry, out = (place(ts), place(np.array(False))), []
-            for lo in range(0, len(idx), max(size, 1)):
+            carry, out = first_carry(ts), []
+            for lo in range(0, len(idx), size):
                 carry, metrics = scan_epoch(carry, dev_images, dev_labels,
                                             place(idx[lo: lo + size]))
                 out.append(metrics)
@@ -255,7 +259,7 @@ def make_epoch_fn(
 
         def compile_first_call(ts):
             size = steps if steps_per_call is None else min(steps_per_call, steps)
-            scan_epoch.lower((place(ts), place(np.array(False))), dev_images, dev_labels,
+            scan_epoch.lower(first_carry(ts), dev_images, dev_labels,
                              place(order(0, 0)[:size])).compile()
 
         run.compile = compile_first_call  # type: ignore[attr-defined]
@@ -269,7 +273,7 @@ def make_epoch_fn(
 
     def run(ts, *, seed, epoch, start=0, stop=None):
         idx = order(seed, epoch)[_check_start(start, steps)]
-        carry, out = (place(ts), place(np.array(False))), []
+        carry, out = first_carry(ts), []
         for i, rows in enumerate(idx):
             carry, metrics = step(carry, *place_batch((images[rows], labels[rows])))
             out.append(metrics)
@@ -279,8 +283,7 @@ def make_epoch_fn(
 
     def compile_step(ts):
         rows = order(0, 0)[0]
-        step.lower((place(ts), place(np.array(False))),
-                   *place_batch((images[rows], labels[rows]))).compile()
+        step.lower(first_carry(ts), *place_batch((images[rows], labels[rows]))).compile()
 
     run.compile = compile_step  # type: ignore[attr-defined]
     return run
