@@ -8,8 +8,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from _events import accumulator
 from PIL import Image, ImageFont
-from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 from jaxcnn import checkpoint as ckpt
@@ -45,13 +45,6 @@ def full_run(tmp_path_factory):
     result = experiment.run(_tiny(tmp_path_factory.mktemp("runs")), extra_writers=[memory],
                             progress=False)
     return result, memory
-
-
-def _accumulator(run_dir):
-    acc = ea.EventAccumulator(str(run_dir), size_guidance={
-        ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.TENSORS: 0, ea.IMAGES: 0})
-    acc.Reload()
-    return acc
 
 
 def _raw_scalar_steps(run_dir) -> dict[str, list[int]]:
@@ -98,7 +91,7 @@ def test_run_result_and_folder(full_run):
 
 def test_scalars_every_n_steps_and_each_epoch(full_run):
     result, _ = full_run
-    acc = _accumulator(result.run_dir)
+    acc = accumulator(result.run_dir)
     steps_per_epoch = result.history[0]["step"]
     total = EPOCHS * steps_per_epoch
     every = result.config.log_every
@@ -121,7 +114,7 @@ def test_scalars_every_n_steps_and_each_epoch(full_run):
 
 def test_histograms_for_every_param_and_grad(full_run):
     result, _ = full_run
-    acc = _accumulator(result.run_dir)
+    acc = accumulator(result.run_dir)
     epoch_steps = [h["step"] for h in result.history]
     names = ["conv1/b", "conv1/w", "conv2/b", "conv2/w", "dense1/b", "dense1/w", "dense2/b",
              "dense2/w"]
@@ -136,7 +129,7 @@ def test_histograms_for_every_param_and_grad(full_run):
 
 def test_images_decode_with_documented_sizes(full_run):
     result, memory = full_run
-    acc = _accumulator(result.run_dir)
+    acc = accumulator(result.run_dir)
     epoch_steps = [h["step"] for h in result.history]
     n_feat = result.config.num_feature_samples
     # (tag, number of images, width, height) from visualize's grid formulas:
@@ -173,7 +166,7 @@ def test_images_decode_with_documented_sizes(full_run):
 
 def test_texts_and_hparams_in_the_run_folder(full_run):
     result, memory = full_run
-    acc = _accumulator(result.run_dir)
+    acc = accumulator(result.run_dir)
     tensors = set(acc.Tags()["tensors"])
     assert {"config", "model_summary"} <= tensors
     text = acc.Tensors("config")[0].tensor_proto.string_val[0].decode()
@@ -207,7 +200,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(full_run, tmp_path):
     raw_full, raw_resumed = _raw_scalar_steps(full.run_dir), _raw_scalar_steps(second.run_dir)
     assert raw_resumed == raw_full  # every scalar step exactly once across the event files
     assert len(list(second.run_dir.glob("events.out.tfevents.*"))) == 2
-    acc = _accumulator(second.run_dir)
+    acc = accumulator(second.run_dir)
     assert [e.step for e in acc.Scalars("train/loss")] == sorted(set(raw_full["train/loss"]))
 
 
@@ -222,7 +215,7 @@ def test_resume_purges_steps_written_after_the_last_checkpoint(tmp_path):
     experiment.resume(first.run_dir, progress=False)
     raw = _raw_scalar_steps(first.run_dir)
     assert raw["test/accuracy"].count(2 * step1) == 2  # written by both later segments ...
-    acc = _accumulator(first.run_dir)
+    acc = accumulator(first.run_dir)
     assert [e.step for e in acc.Scalars("test/accuracy")] == [step1, 2 * step1]  # ... read once
 
 
@@ -264,7 +257,7 @@ def test_forced_resume_and_allowed_changes(full_run, tmp_path):
     assert result.history[:2] == full.history[:2]
     assert result.config.seed == 5 and result.config.log_every == 10
     assert C.from_json((run_dir / "config.json").read_text()) == result.config
-    acc = _accumulator(run_dir)
+    acc = accumulator(run_dir)
     texts = acc.Tensors("resume")
     assert "seed=5" in texts[0].tensor_proto.string_val[0].decode() and "(forced)" in \
         texts[0].tensor_proto.string_val[0].decode()
@@ -338,7 +331,7 @@ def test_optimizers_and_schedules_put_lr_in_opt_state():
 def test_filters_demo_writes_inputs_beside_outputs(tmp_path):
     result = experiment.run(C.FiltersConfig(runs_dir=str(tmp_path), max_size=64,
                                             images=("flower.jpg",)))
-    acc = _accumulator(result.run_dir)
+    acc = accumulator(result.run_dir)
     tags = set(acc.Tags()["tensors"])
     for name in ("sobel_x", "sobel_y", "sobel_magnitude", "gaussian", "sharpen"):
         (_, [img]), = _pngs(acc, f"filters/flower/{name}")
@@ -353,7 +346,7 @@ def test_loss_tolerance_ends_the_run_early_as_completed(tmp_path):
     assert result.completed and len(result.history) == 1
     status = json.loads((result.run_dir / "run.json").read_text())
     assert status["status"] == "completed" and status["epochs_done"] == 1
-    assert "_hparams_/experiment" in _accumulator(result.run_dir).PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in accumulator(result.run_dir).PluginTagToContent("hparams")
 
 
 def test_tensorboard_server_shows_a_run_folder(full_run, tmp_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator as ea
+from _events import accumulator
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
@@ -133,13 +133,6 @@ def _epochs_printed(out: str) -> list[int]:
     return [int(e) for e in re.findall(r"^epoch (\d+)/\d+ step", out, re.M)]
 
 
-def _accumulator(run_dir):
-    acc = ea.EventAccumulator(str(run_dir), size_guidance={
-        ea.SCALARS: 0, ea.HISTOGRAMS: 0, ea.TENSORS: 0, ea.IMAGES: 0})
-    acc.Reload()
-    return acc
-
-
 def _tensor_accumulator(run_dir):
     acc = pea.EventAccumulator(str(run_dir), size_guidance={pea.TENSORS: 0})
     acc.Reload()
@@ -212,7 +205,7 @@ def _assert_same_run(run_dir: Path, ref: Reference, template) -> None:
                      for h in ref_meta["history"]]
     for f in run_dir.glob("events.out.tfevents.*"):  # every file parses, torn tails included
         list(LegacyEventFileLoader(str(f)).Load())
-    acc, ref_acc = _accumulator(run_dir), _accumulator(ref.run_dir)
+    acc, ref_acc = accumulator(run_dir), accumulator(ref.run_dir)
     tags, ref_tags = acc.Tags(), ref_acc.Tags()
     assert set(tags["scalars"]) == set(ref_tags["scalars"])
     for tag in ref_tags["scalars"]:
@@ -374,7 +367,7 @@ def test_signal_finishes_the_running_steps_checkpoints_flushes_and_exits(
     assert len(meta["partial_metrics"]["loss"]["values"]) == into
     # The events are flushed and read back: the config and summary texts of step 0, and
     # nothing of epoch 1, whose steps are logged once it ends (after the resume).
-    acc = _accumulator(run_dir)
+    acc = accumulator(run_dir)
     assert acc.Tags()["scalars"] == [] and acc.Tags()["histograms"] == []
     assert {"config", "model_summary"} <= set(
         _tensor_accumulator(run_dir).Tags()["tensors"])
@@ -508,7 +501,7 @@ def test_four_runs_started_at_once_get_their_own_folders_and_all_their_events(
     for folder in folders:
         assert json.loads((folder / "run.json").read_text())["status"] == "completed"
         assert len(list(folder.glob("events.out.tfevents.*"))) == 1
-        acc = _accumulator(folder)
+        acc = accumulator(folder)
         assert [e.step for e in acc.Scalars("train/loss")] == list(range(5, 45, 5))
         assert [e.step for e in acc.Scalars("test/accuracy")] == epoch_steps
         assert [e.step for e in acc.Scalars("hparams/test_accuracy")] == epoch_steps[-1:]

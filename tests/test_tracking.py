@@ -21,6 +21,7 @@ from pathlib import Path
 import _tensorboard_server as tb
 import numpy as np
 import pytest
+from _events import accumulator
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -37,12 +38,6 @@ from jaxcnn.tracking import (
 
 # ----------------------------------------------------------------------------------------------
 # Helpers.
-
-
-def _read(logdir: Path) -> ea.EventAccumulator:
-    acc = ea.EventAccumulator(str(logdir), size_guidance={k: 0 for k in ea.DEFAULT_SIZE_GUIDANCE})
-    acc.Reload()
-    return acc
 
 
 def _scalars(acc: ea.EventAccumulator, tag: str) -> list[tuple[int, float]]:
@@ -101,7 +96,7 @@ def test_tensorboard_writer_round_trip(tmp_path: Path, asynchronous: bool) -> No
 
     assert _dirs(tmp_path) == []  # no sub-run folder, for hparams or anything else
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
-    acc = _read(tmp_path)
+    acc = accumulator(tmp_path)
 
     loss = _scalars(acc, "train/loss")
     assert [s for s, _ in loss] == [0, 1, 2, 3, 4, 5]
@@ -175,7 +170,7 @@ def test_purge_step_replaces_the_resumed_steps(tmp_path: Path) -> None:
     _write_series(tmp_path, range(5, 10), 100.0, purge_step=5)
     files = sorted(tmp_path.glob("events.out.tfevents.*"))
     assert len(files) == 2  # a second writer in the same second must not overwrite the first
-    acc = _read(tmp_path)
+    acc = accumulator(tmp_path)
     assert _scalars(acc, "loss") == [(s, float(s)) for s in range(5)] + [
         (s, 100.0 + s) for s in range(5, 10)
     ]
@@ -187,7 +182,7 @@ def test_without_purge_step_both_writers_are_kept(tmp_path: Path) -> None:
     # The contrast to the test above: no SessionLog.START is written unless asked for.
     _write_series(tmp_path, range(10), 0.0, None)
     _write_series(tmp_path, range(5, 10), 100.0, None)
-    assert [s for s, _ in _scalars(_read(tmp_path), "loss")] == [*range(10), *range(5, 10)]
+    assert [s for s, _ in _scalars(accumulator(tmp_path), "loss")] == [*range(10), *range(5, 10)]
 
 
 def test_async_write_does_not_wait_and_flush_does(
@@ -209,7 +204,7 @@ def test_async_write_does_not_wait_and_flush_does(
     gate.set()
     w.flush()
     assert written == [7, 8]
-    assert _scalars(_read(tmp_path), "x") == [(7, 1.0), (8, 2.0)]  # flushed means on disk
+    assert _scalars(accumulator(tmp_path), "x") == [(7, 1.0), (8, 2.0)]  # flushed means on disk
     w.close()
 
 
@@ -292,7 +287,7 @@ def test_jax_arrays_go_through_np_asarray(tmp_path: Path) -> None:
         w.write_scalars(jnp.int32(3), {"loss": jnp.float32(0.5), "bf16": jnp.bfloat16(0.25)})
         w.write_images(jnp.array(3), {"img": jnp.ones((2, 3, 1), jnp.bfloat16)})
         w.write_histograms(3, {"w": jnp.arange(4.0)})
-    acc = _read(tmp_path)
+    acc = accumulator(tmp_path)
     assert _scalars(acc, "loss") == [(3, 0.5)] and _scalars(acc, "bf16") == [(3, 0.25)]
     ((step, width, height, (img,)),) = _pngs(acc, "img")
     assert (step, width, height) == (3, 3, 2) and np.all(np.asarray(img) == 255)
@@ -304,14 +299,14 @@ def test_arrays_are_copied_at_the_call(tmp_path: Path) -> None:
     with TensorBoardWriter(tmp_path) as w:
         w.write_images(0, {"img": image})
         image[:] = 1.0  # e.g. a reused buffer; what was passed must be what is written
-    ((_, _, _, (img,)),) = _pngs(_read(tmp_path), "img")
+    ((_, _, _, (img,)),) = _pngs(accumulator(tmp_path), "img")
     assert np.all(np.asarray(img) == 0)
 
 
 def test_histogram_leaves_out_non_finite_values(tmp_path: Path) -> None:
     with TensorBoardWriter(tmp_path) as w:
         w.write_histograms(0, {"w": np.array([1.0, np.nan, 3.0, np.inf]), "dead": [np.nan]})
-    acc = _read(tmp_path)
+    acc = accumulator(tmp_path)
     proto = acc.Histograms("w")[0].histogram_value
     assert (proto.num, proto.min, proto.max) == (2, 1.0, 3.0)
     assert "dead" not in acc.Tags()["histograms"]
@@ -425,7 +420,7 @@ def test_multi_writer_fans_out(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(memory.images) == {"im"} and set(memory.histograms) == {"h"}
     assert memory.texts == {"t": [(4, "x")]} and memory.hparams == {"lr": 0.1}
     assert capsys.readouterr().out == "step 4: loss=0.5000\n"
-    acc = _read(tmp_path)
+    acc = accumulator(tmp_path)
     assert _scalars(acc, "loss") == [(4, 0.5)] and _scalars(acc, "acc") == [(4, 0.25)]
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 
