@@ -10,6 +10,8 @@ Contenders, for each model (``simple_cnn``, ``lenet5``; 28x28x1 inputs, 10 class
   momentum 0.9) driven by ``train.make_epoch_fn(driver="scan")`` (a whole epoch of shuffled
   batches as one compiled ``lax.scan``); inference is ``jax.jit`` of ``model.apply``. Its
   convolutions take the platform's default path (:mod:`jaxcnn._conv_cpu` on CPU).
+- ``jaxcnn[whole]`` (training only): the same with ``batch_slices=1``: each batch computed
+  whole instead of in the 4 slices ``make_train_step`` uses on a CPU, to show what they buy.
 - ``jaxcnn[xla]``: the same with ``JAXCNN_CONV_IMPL=xla`` while tracing, i.e. plain
   ``lax.conv_general_dilated`` and its autodiff, to show what the CPU convolution buys.
 - ``raw JAX``: a hand-written model of the same architecture on ``lax.conv_general_dilated``,
@@ -154,11 +156,13 @@ def _conv_impl(impl: str | None):
             os.environ["JAXCNN_CONV_IMPL"] = old
 
 
-def jaxcnn_train(name: str, batch: int, steps: int, impl: str | None = None) -> Runner:
+def jaxcnn_train(name: str, batch: int, steps: int, impl: str | None = None,
+                 whole: bool = False) -> Runner:
     model = getattr(models, name)()
     optimizer = optax.sgd(LR, momentum=MOMENTUM)
     ts = train_lib.create_train_state(model, optimizer, jax.random.key(0), (None, *IN_SHAPE))
-    step = train_lib.make_train_step(model, softmax_cross_entropy, optimizer, jit=False)
+    step = train_lib.make_train_step(model, softmax_cross_entropy, optimizer, jit=False,
+                                     batch_slices=1 if whole else "auto")
     images, labels = _data(batch, steps)
     run_epoch = train_lib.make_epoch_fn(step, images, labels, batch, driver="scan")
     box = {"ts": ts, "epoch": 0}
@@ -170,7 +174,8 @@ def jaxcnn_train(name: str, batch: int, steps: int, impl: str | None = None) -> 
 
     with _conv_impl(impl):
         run()  # compile
-    return Runner("jaxcnn" if impl is None else f"jaxcnn[{impl}]", run)
+    label = "jaxcnn[whole]" if whole else "jaxcnn" if impl is None else f"jaxcnn[{impl}]"
+    return Runner(label, run)
 
 
 def jaxcnn_infer(name: str, batch: int, steps: int, impl: str | None = None) -> Runner:
@@ -336,6 +341,8 @@ def build(args) -> list[tuple[tuple[str, int, str], Runner]]:
                 print(f"compiling {name} b{batch} {mode} ...", file=sys.stderr, flush=True)
                 if mode == "train":
                     runners = [jaxcnn_train(name, batch, steps)]
+                    if not args.no_whole:
+                        runners.append(jaxcnn_train(name, batch, steps, whole=True))
                     if not args.no_xla:
                         runners.append(jaxcnn_train(name, batch, steps, impl="xla"))
                     runners.append(raw_train(name, batch, steps))
@@ -375,15 +382,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-xla", action="store_true",
                    help="skip jaxcnn[xla] (slow: about 30 img/s for simple_cnn at batch 1024)")
+    p.add_argument("--no-whole", action="store_true",
+                   help="skip jaxcnn[whole] (training without batch slices)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: lenet5, batch 32, 1 pass of 0.2 s, no torch.compile or "
-                        "jaxcnn[xla]")
+                   help="smoke run: lenet5, batch 32, 1 pass of 0.2 s, no torch.compile, "
+                        "jaxcnn[whole] or jaxcnn[xla]")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if args.quick:
         args.models, args.batches, args.passes, args.seconds = ["lenet5"], [32], 1, 0.2
-        args.no_compile = args.no_xla = True
+        args.no_compile = args.no_xla = args.no_whole = True
     bad = [m for m in args.models if m not in MODELS]
     if bad:
         p.error(f"--models: unknown {bad}; choose from {list(MODELS)}")

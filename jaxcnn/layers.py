@@ -73,6 +73,9 @@ class LayerInfo:
     ``window``/``stride``/``dilation`` are the spatial geometry (None for layers that act on
     each position alone); ``is_global`` marks layers whose outputs see the whole input
     (global pooling, flatten); ``children`` are a combinator's sublayers, by name.
+    ``per_example``: in training too, each example's output depends on that example's input
+    alone, with no randomness (not BatchNorm, not Dropout, not an unmarked Lambda or a user's
+    own Layer), so a batch may be computed in slices (:func:`jaxcnn.train.make_train_step`).
     """
 
     kind: str
@@ -85,6 +88,7 @@ class LayerInfo:
     children: tuple[tuple[str, Layer], ...] = field(default=())
     combine: str | None = None
     macs: Callable[[Shape, Shape], int] | None = None
+    per_example: bool = False
 
 
 def layer_info(layer: Layer) -> LayerInfo:
@@ -281,7 +285,8 @@ def Conv(
     def macs(in_shape, out_shape):
         return math.prod(out_shape[1:]) * kernel[0] * kernel[1] * (in_shape[3] // groups)
 
-    return _make(init, apply, LayerInfo(kind, "conv", name, kernel, strides, dil, macs=macs))
+    return _make(init, apply, LayerInfo(kind, "conv", name, kernel, strides, dil, macs=macs,
+                                        per_example=True))
 
 
 def Dense(
@@ -318,7 +323,8 @@ def Dense(
         return _eval_out_shape(apply, params, {}, in_shape), params, {}
 
     apply = _wrap_apply(kind, name, apply_)
-    return _make(init, apply, LayerInfo(kind, "dense", name, macs=lambda i, o: i[1] * o[1]))
+    return _make(init, apply, LayerInfo(kind, "dense", name, macs=lambda i, o: i[1] * o[1],
+                                        per_example=True))
 
 
 def _pool(kind: str, base: str, op: Callable, window, stride, padding, ceil_mode, name,
@@ -337,7 +343,7 @@ def _pool(kind: str, base: str, op: Callable, window, stride, padding, ceil_mode
         _check_window_fits(kind, name, in_shape, win, strides, (1, 1), padding, "window")
         return _eval_out_shape(apply, {}, {}, in_shape), {}, {}
 
-    return _make(init, apply, LayerInfo(kind, base, name, win, strides))
+    return _make(init, apply, LayerInfo(kind, base, name, win, strides, per_example=True))
 
 
 def MaxPool(
@@ -369,7 +375,7 @@ def AvgPool(
 def _stateless(kind: str, base: str, fn: Callable[[Array], Array], name: str | None, *,
                rank: int | None = None, layout: str = "", min_rank: int | None = None,
                is_global: bool = False, window: tuple[int, int] | None = None,
-               stride: tuple[int, int] = (1, 1)) -> Layer:
+               stride: tuple[int, int] = (1, 1), per_example: bool = True) -> Layer:
     def apply_(params, state, x, *, key=None, train=False):
         return fn(x), state
 
@@ -380,7 +386,7 @@ def _stateless(kind: str, base: str, fn: Callable[[Array], Array], name: str | N
         return _eval_out_shape(apply, {}, {}, in_shape), {}, {}
 
     return _make(init, apply, LayerInfo(kind, base, name, window=window, stride=stride,
-                                        is_global=is_global))
+                                        is_global=is_global, per_example=per_example))
 
 
 def GlobalMaxPool(*, name: str | None = None) -> Layer:
@@ -449,19 +455,23 @@ def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
 
 
 def Lambda(fn: Callable[[Array], Array], *, kind: str = "Lambda", name: str | None = None,
-           window: int | Sequence[int] | None = None, stride: int | Sequence[int] = 1) -> Layer:
+           window: int | Sequence[int] | None = None, stride: int | Sequence[int] = 1,
+           per_example: bool = False) -> Layer:
     """A stateless layer from any shape-static function of the input (no params, no state).
 
     ``kind`` names it in errors and in the summary table; its lowercase is the default name.
     ``window`` and ``stride`` describe its spatial geometry for the summary's receptive field
     and jump, when ``fn`` has one (e.g. ``window=1, stride=2`` for ``x[:, ::2, ::2]``).
+    ``per_example=True`` promises that ``fn`` maps each example on its own (no mean over the
+    batch, no randomness), which lets training on the CPU compute the batch in slices (see
+    :class:`LayerInfo`).
     """
     if not callable(fn):
         raise LayerError(kind, name, f"fn must be callable, got {type(fn).__name__}")
     if window is None:
-        return _stateless(kind, kind.lower(), fn, name)
+        return _stateless(kind, kind.lower(), fn, name, per_example=per_example)
     return _stateless(kind, kind.lower(), fn, name, window=_pair(window, "window", kind, name),
-                      stride=_pair(stride, "stride", kind, name))
+                      stride=_pair(stride, "stride", kind, name), per_example=per_example)
 
 
 def Dropout(rate: float, *, name: str | None = None) -> Layer:
@@ -486,7 +496,7 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
         _check_shape(kind, name, in_shape, None, "")
         return _eval_out_shape(apply, {}, {}, in_shape), {}, {}
 
-    return _make(init, apply, LayerInfo(kind, "dropout", name))
+    return _make(init, apply, LayerInfo(kind, "dropout", name, per_example=rate == 0.0))
 
 
 def BatchNorm(
@@ -610,6 +620,10 @@ def _apply_child(nm, layer, params, state, x, key, train):
     return y, s
 
 
+def _all_per_example(named) -> bool:
+    return all(layer_info(layer).per_example for _, layer in named)
+
+
 def _split(key, n):
     return [None] * n if key is None else list(jax.random.split(key, n))
 
@@ -640,7 +654,8 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
                 new_state[nm] = s
         return x, new_state
 
-    return _make(init, apply, LayerInfo("Serial", "serial", name, children=named))
+    return _make(init, apply, LayerInfo("Serial", "serial", name, children=named,
+                                        per_example=_all_per_example(named)))
 
 
 def parallel(*layers: Layer, combine: str = "concat", name: str | None = None) -> Layer:
@@ -675,7 +690,8 @@ def parallel(*layers: Layer, combine: str = "concat", name: str | None = None) -
                              f"got {listing}")
         return _eval_out_shape(apply, params, state, in_shape), params, state
 
-    return _make(init, apply, LayerInfo(kind, "parallel", name, children=named, combine=combine))
+    return _make(init, apply, LayerInfo(kind, "parallel", name, children=named, combine=combine,
+                                        per_example=_all_per_example(named)))
 
 
 def residual(*layers: Layer, shortcut: Layer | None = None, name: str | None = None) -> Layer:
@@ -719,4 +735,4 @@ def residual(*layers: Layer, shortcut: Layer | None = None, name: str | None = N
         return _eval_out_shape(apply, params, state, in_shape), params, state
 
     return _make(init, apply, LayerInfo(kind, "residual", name, children=all_named,
-                                        combine="sum"))
+                                        combine="sum", per_example=_all_per_example(all_named)))

@@ -103,7 +103,7 @@ def _subsample_pad(channels: int) -> Layer:
         extra = channels - x.shape[-1]
         return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
-    return L.Lambda(fn, kind="SubsamplePad", name="shortcut", window=1, stride=2)
+    return L.Lambda(fn, kind="SubsamplePad", name="shortcut", window=1, stride=2, per_example=True)
 
 
 def _basic_block(channels: int, stride: int, in_channels: int, shortcut: str, name: str) -> Layer:

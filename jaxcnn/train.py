@@ -24,15 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcnn import _conv_cpu, distributed
 from jaxcnn import data as data_lib
-from jaxcnn import distributed
 from jaxcnn._types import Array, Key, Params, Shape, State
-from jaxcnn.layers import Layer
+from jaxcnn.layers import Layer, layer_info
 from jaxcnn.losses import accuracy, softmax_cross_entropy
 
 __all__ = [
-    "EarlyStopping", "TrainState", "create_train_state", "data_parallel_mesh", "evaluate", "fit",
-    "learning_rate",
+    "CPU_BATCH_SLICES", "EarlyStopping", "TrainState", "batch_slices_for", "create_train_state",
+    "data_parallel_mesh", "evaluate", "fit", "learning_rate",
     "make_epoch_fn", "make_eval_step", "make_train_step", "should_stop",
 ]
 
@@ -42,6 +42,9 @@ Metrics = dict[str, Array]
 #: Above this many bytes of training data, "auto" streams batches from the host instead of
 #: keeping the whole set on the device for a scanned epoch.
 SCAN_MAX_BYTES = 2 * 1024**3
+
+#: How many slices ``batch_slices="auto"`` computes a batch of 64 or more in, on the CPU.
+CPU_BATCH_SLICES = 4
 
 
 class TrainState(NamedTuple):
@@ -87,8 +90,49 @@ def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _not_per_example(layer: Layer, path: tuple[str, ...] = ()) -> str:
+    """The first layer in ``layer`` that is not per-example, by its path of child names."""
+    info = layer_info(layer)
+    for nm, child in info.children:
+        if not layer_info(child).per_example:
+            return _not_per_example(child, (*path, nm))
+    return f"layer {'/'.join(path) or info.name or info.base!r} ({info.kind})"
+
+
+def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "auto") -> int:
+    """How many slices :func:`make_train_step` computes a batch of ``batch_size`` in.
+
+    ``"auto"``: :data:`CPU_BATCH_SLICES` from batch 64 on when the convolutions take jaxcnn's
+    CPU path (:mod:`jaxcnn._conv_cpu`), there is one device, and the model is per-example
+    (:class:`jaxcnn.layers.LayerInfo`); else 1. An int is used as given (at most the batch).
+    """
+    if batch_slices == "auto":
+        if (batch_size >= 64 and layer_info(model).per_example and _conv_cpu.enabled()
+                and jax.device_count() == 1):
+            return CPU_BATCH_SLICES
+        return 1
+    return max(1, min(int(batch_slices), batch_size))
+
+
+def _check_batch_slices(model: Layer, batch_slices: Any) -> None:
+    if batch_slices == "auto":
+        return
+    if isinstance(batch_slices, bool) or not isinstance(batch_slices, int | np.integer) or (
+            batch_slices < 1):
+        raise ValueError(f"make_train_step: batch_slices must be 'auto' or an int >= 1, got "
+                         f"{batch_slices!r}")
+    if batch_slices > 1 and not layer_info(model).per_example:
+        raise ValueError(
+            f"make_train_step: batch_slices={batch_slices} computes each slice of the batch on "
+            f"its own, which changes the result of a layer that mixes examples or draws random "
+            f"numbers; {_not_per_example(model)} is not per-example (BatchNorm, Dropout with "
+            f"rate > 0, a Lambda without per_example=True and a user's own Layer are not); use "
+            f"batch_slices=1 or 'auto'")
+
+
 def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-                    jit: bool = True) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
+                    jit: bool = True, batch_slices: int | str = "auto",
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """A pure ``(ts, batch) -> (ts, metrics)``: forward in training mode, ``jax.value_and_grad``
     of ``loss_fn(logits, labels, mask=mask)``, an Optax update.
 
@@ -97,14 +141,32 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     loss or a gradient was NaN or infinite: then params, state and opt_state are left as they
     were) and, with
     ``optax.inject_hyperparams``, ``learning_rate``.
+
+    ``batch_slices`` (see :func:`batch_slices_for`): the model runs on that many slices of the
+    batch, whose logits are concatenated before the loss. For a per-example model this is the
+    same function of the whole batch (up to float rounding), but XLA's CPU runtime, which runs
+    most operations on one core, then has independent forward and backward passes to run side
+    by side: 1.1-1.4x the images/s of LeNet-5 and simple_cnn on 2 cores
+    (``benchmarks/README.md``). A model that is not per-example refuses an int > 1.
     """
+    _check_batch_slices(model, batch_slices)
+
+    def forward(params, state, images, key):
+        slices = batch_slices_for(model, images.shape[0], batch_slices)
+        if slices == 1:
+            return model.apply(params, state, images, key=key, train=True)
+        n = images.shape[0]
+        bounds = [n * k // slices for k in range(slices + 1)]
+        outs = [model.apply(params, state, images[a:b], key=key, train=True)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return jnp.concatenate([y for y, _ in outs]), outs[0][1]
 
     def step(ts: TrainState, batch) -> tuple[TrainState, Metrics]:
         images, labels, mask = _unpack(batch)
         key = jax.random.fold_in(ts.key, ts.step)
 
         def objective(params):
-            logits, new_state = model.apply(params, ts.state, images, key=key, train=True)
+            logits, new_state = forward(params, ts.state, images, key)
             return loss_fn(logits, labels, mask=mask), (logits, new_state)
 
         (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(

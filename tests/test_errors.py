@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxcnn
@@ -207,6 +208,11 @@ case("loss-float-labels")(lambda c: losses.softmax_cross_entropy(jnp.zeros((4, 1
 case("accuracy-label-shape")(lambda c: losses.accuracy(jnp.zeros((4, 10)),
                                                        jnp.zeros((4, 1), jnp.int32)))
 case("mse-shapes")(lambda c: losses.mse(jnp.zeros((4, 10)), jnp.zeros((4,))))
+case("batch-slices-value")(lambda c: train.make_train_step(
+    models.lenet5(), losses.softmax_cross_entropy, optax.sgd(0.1), batch_slices=0))
+case("batch-slices-not-per-example")(lambda c: train.make_train_step(
+    L.serial(L.Conv(4, 3), L.BatchNorm(), L.Relu()), losses.softmax_cross_entropy,
+    optax.sgd(0.1), batch_slices=4))
 
 
 @case("conv-impl-variable")

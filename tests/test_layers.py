@@ -741,3 +741,42 @@ def test_bad_configuration_raises_layer_error(make, pattern):
     with pytest.raises(ValueError, match=pattern) as info:
         make()
     assert isinstance(info.value, LayerError)
+
+
+PER_EXAMPLE = [
+    ("conv", lambda: L.Conv(3, 3, padding="SAME", groups=1)),
+    ("dense-after-flatten", lambda: L.serial(L.Flatten(), L.Dense(4))),
+    ("pools", lambda: L.serial(L.MaxPool(2), L.AvgPool(3, stride=1, padding="SAME"))),
+    ("global-pools", lambda: L.parallel(L.GlobalMaxPool(), L.GlobalAvgPool())),
+    ("activations", lambda: L.serial(L.Relu(), L.Sigmoid(), L.Tanh(), L.LeakyRelu(), L.Elu(),
+                                     L.Softmax(), L.LogSoftmax())),
+    ("residual", lambda: L.residual(L.Conv(2, 1), L.Relu(), shortcut=L.Conv(2, 1))),
+    ("dropout-0", lambda: L.Dropout(0.0)),
+    ("marked-lambda", lambda: L.Lambda(lambda x: x[:, ::2, ::2] * 2.0, per_example=True)),
+]
+NOT_PER_EXAMPLE = [
+    ("batchnorm", lambda: L.serial(L.Conv(2, 1), L.BatchNorm())),
+    ("dropout", lambda: L.serial(L.Relu(), L.Dropout(0.5))),
+    ("lambda", lambda: L.Lambda(lambda x: x - x.mean(axis=0))),
+    ("own-layer", lambda: L.serial(L.Relu(), L.Layer(lambda k, s: (s, {}, {}),
+                                                     lambda p, s, x, **kw: (x, s)))),
+]
+
+
+@pytest.mark.parametrize("make", [c[1] for c in PER_EXAMPLE], ids=[c[0] for c in PER_EXAMPLE])
+def test_layers_marked_per_example_compute_each_example_alone(make):
+    # What the mark promises (training mode included): row i of f(batch) is f(row i).
+    layer = make()
+    assert L.layer_info(layer).per_example
+    x = jax.random.normal(jax.random.key(3), (5, 6, 6, 2))
+    _, params, state = layer.init(KEY, (None, 6, 6, 2))
+    whole, _ = layer.apply(params, state, x, key=KEY, train=True)
+    for i in range(5):
+        alone, _ = layer.apply(params, state, x[i:i + 1], key=KEY, train=True)
+        np.testing.assert_allclose(alone[0], whole[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [c[1] for c in NOT_PER_EXAMPLE],
+                         ids=[c[0] for c in NOT_PER_EXAMPLE])
+def test_layers_that_may_mix_examples_are_not_marked(make):
+    assert not L.layer_info(make()).per_example

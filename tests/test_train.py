@@ -223,3 +223,52 @@ def test_lenet5_trains_on_digits_sized_inputs():
     _, m = step(ts, (x, jnp.zeros(4, jnp.int32)))
     np.testing.assert_allclose(m["loss"], losses.softmax_cross_entropy(
         model.apply(ts.params, ts.state, x)[0], jnp.zeros(4, jnp.int32)), rtol=1e-6)
+
+
+def _per_example_model():
+    return layers.serial(layers.Conv(4, 3, padding="SAME"), layers.Relu(), layers.MaxPool(2),
+                         layers.Conv(6, 3), layers.Tanh(), layers.Flatten(), layers.Dense(3))
+
+
+@pytest.mark.parametrize(("n", "slices"), [(12, 4), (10, 4), (7, 3)])
+def test_batch_slices_give_the_whole_batch_gradient(n, slices):
+    # Reference: the loss and gradient of the whole batch at once (slices=1), incl. a mask.
+    rng = np.random.default_rng(n)
+    x = jnp.asarray(rng.normal(size=(n, 6, 6, 2)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, n), jnp.int32)
+    mask = jnp.asarray(np.arange(n) < n - 2)
+    model, opt = _per_example_model(), optax.sgd(0.1, momentum=0.9)
+    ts = train.create_train_state(model, opt, jax.random.key(1), (None, 6, 6, 2))
+    out = {}
+    for k in (1, slices):
+        step = train.make_train_step(model, losses.softmax_cross_entropy, opt, batch_slices=k)
+        out[k] = step(ts, (x, y, mask))
+    (ts1, m1), (tsk, mk) = out[1], out[slices]
+    np.testing.assert_allclose(mk["loss"], m1["loss"], rtol=1e-6)
+    np.testing.assert_allclose(mk["accuracy"], m1["accuracy"])
+    for a, b in zip(jax.tree.leaves(tsk.params), jax.tree.leaves(ts1.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert not np.array_equal(ts1.params["conv1"]["w"], ts.params["conv1"]["w"])
+
+
+def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch):
+    lenet = models.lenet5()
+    assert train.batch_slices_for(lenet, 128) == train.CPU_BATCH_SLICES == 4
+    assert train.batch_slices_for(lenet, 63) == 1  # small batches gain nothing
+    assert train.batch_slices_for(models.resnet20(), 128) == 1  # BatchNorm mixes examples
+    assert train.batch_slices_for(_tiny_model(), 128) == 1  # Dropout draws per batch
+    assert train.batch_slices_for(lenet, 128, 3) == 3
+    assert train.batch_slices_for(lenet, 2, 3) == 2
+    monkeypatch.setenv("JAXCNN_CONV_IMPL", "xla")  # XLA's own convolutions (GPU, TPU): whole
+    assert train.batch_slices_for(lenet, 128) == 1
+
+
+def test_batch_slices_refuse_models_that_mix_examples():
+    opt = optax.sgd(0.1)
+    with pytest.raises(ValueError, match=r"layer 'serial1/dropout1' \(Dropout\)"):
+        train.make_train_step(layers.serial(layers.Conv(2, 1), layers.serial(
+            layers.Relu(), layers.Dropout(0.5))), losses.mse, opt, batch_slices=2)
+    for bad in (0, -1, 2.0, True, "4"):
+        with pytest.raises(ValueError, match="batch_slices must be 'auto' or an int >= 1"):
+            train.make_train_step(_per_example_model(), losses.mse, opt, batch_slices=bad)
+    train.make_train_step(models.resnet20(), losses.mse, opt, batch_slices=1)  # whole: fine
