@@ -107,7 +107,8 @@ def FixedConv(kernel: np.ndarray | Array, *, padding: Padding = "SAME", stride: 
     def macs(in_shape, out_shape):
         return math.prod(out_shape[1:]) * window[0] * window[1]
 
-    return _make(init, apply, LayerInfo(kind, kind.lower(), name, window, strides, macs=macs))
+    return _make(init, apply, LayerInfo(kind, kind.lower(), name, window, strides, macs=macs,
+                                        per_example=True))
 
 
 def sobel_edges(x: Array) -> tuple[Array, Array]:

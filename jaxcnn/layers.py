@@ -75,7 +75,9 @@ class LayerInfo:
     (global pooling, flatten); ``children`` are a combinator's sublayers, by name.
     ``per_example``: in training too, each example's output depends on that example's input
     alone, with no randomness (not BatchNorm, not Dropout, not an unmarked Lambda or a user's
-    own Layer), so a batch may be computed in slices (:func:`jaxcnn.train.make_train_step`).
+    own Layer, not a softmax along an axis that may be the batch's), so a batch may be
+    computed in slices (:func:`jaxcnn.train.make_train_step`). A ``Layer(init, apply)`` built
+    from another layer's ``init`` keeps that layer's info, this mark included.
     """
 
     kind: str
@@ -442,16 +444,23 @@ def _check_axis(axis: Any, kind: str, name: str | None) -> None:
         raise LayerError(kind, name, f"axis must be an int, got {axis!r}")
 
 
+def _not_batch_axis(axis: int) -> bool:
+    """Whether ``axis`` is surely not the batch axis (0), whatever the input's rank >= 2."""
+    return axis >= 1 or axis == -1
+
+
 def Softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Probabilities along ``axis`` (the classes, last by default)."""
     _check_axis(axis, "Softmax", name)
-    return _stateless("Softmax", "softmax", lambda x: ops.softmax(x, axis), name)
+    return _stateless("Softmax", "softmax", lambda x: ops.softmax(x, axis), name,
+                      per_example=_not_batch_axis(axis))
 
 
 def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Log-probabilities along ``axis``."""
     _check_axis(axis, "LogSoftmax", name)
-    return _stateless("LogSoftmax", "logsoftmax", lambda x: ops.log_softmax(x, axis), name)
+    return _stateless("LogSoftmax", "logsoftmax", lambda x: ops.log_softmax(x, axis), name,
+                      per_example=_not_batch_axis(axis))
 
 
 def Lambda(fn: Callable[[Array], Array], *, kind: str = "Lambda", name: str | None = None,

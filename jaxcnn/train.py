@@ -102,10 +102,14 @@ def _not_per_example(layer: Layer, path: tuple[str, ...] = ()) -> str:
 def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "auto") -> int:
     """How many slices :func:`make_train_step` computes a batch of ``batch_size`` in.
 
-    ``"auto"``: :data:`CPU_BATCH_SLICES` from batch 64 on when the convolutions take jaxcnn's
-    CPU path (:mod:`jaxcnn._conv_cpu`), there is one device, and the model is per-example
-    (:class:`jaxcnn.layers.LayerInfo`); else 1. An int is used as given (at most the batch).
+    ``"auto"``: :data:`CPU_BATCH_SLICES` from batch 64 on when jaxcnn's CPU convolution is on
+    (:func:`jaxcnn._conv_cpu.enabled`: JAX's default backend is the CPU, or
+    ``JAXCNN_CONV_IMPL=cpu``), there is one device in all, and the model is per-example
+    (:class:`jaxcnn.layers.LayerInfo`); else 1. An int is used as given (at most the batch);
+    with a batch sharded over several devices its slices would cut across the shards, which
+    costs transfers between devices, so keep ``"auto"`` there.
     """
+    _check_batch_slices(model, batch_slices)
     if batch_slices == "auto":
         if (batch_size >= 64 and layer_info(model).per_example and _conv_cpu.enabled()
                 and jax.device_count() == 1):
@@ -146,7 +150,7 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     batch, whose logits are concatenated before the loss. For a per-example model this is the
     same function of the whole batch (up to float rounding), but XLA's CPU runtime, which runs
     most operations on one core, then has independent forward and backward passes to run side
-    by side: 1.1-1.4x the images/s of LeNet-5 and simple_cnn on 2 cores
+    by side: 1.13x-1.35x the images/s of LeNet-5 and simple_cnn on 2 cores
     (``benchmarks/README.md``). A model that is not per-example refuses an int > 1.
     """
     _check_batch_slices(model, batch_slices)
@@ -157,9 +161,10 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
             return model.apply(params, state, images, key=key, train=True)
         n = images.shape[0]
         bounds = [n * k // slices for k in range(slices + 1)]
-        outs = [model.apply(params, state, images[a:b], key=key, train=True)
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        return jnp.concatenate([y for y, _ in outs]), outs[0][1]
+        # A per-example model has no batch statistics to update: its state stays as it is.
+        ys = [model.apply(params, state, images[a:b], key=key, train=True)[0]
+              for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return jnp.concatenate(ys), state
 
     def step(ts: TrainState, batch) -> tuple[TrainState, Metrics]:
         images, labels, mask = _unpack(batch)

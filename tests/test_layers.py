@@ -19,6 +19,7 @@ import pytest
 import reference as ref
 from jax.test_util import check_grads
 
+from jaxcnn import filters
 from jaxcnn import layers as L
 from jaxcnn.errors import LayerError
 
@@ -753,11 +754,15 @@ PER_EXAMPLE = [
     ("residual", lambda: L.residual(L.Conv(2, 1), L.Relu(), shortcut=L.Conv(2, 1))),
     ("dropout-0", lambda: L.Dropout(0.0)),
     ("marked-lambda", lambda: L.Lambda(lambda x: x[:, ::2, ::2] * 2.0, per_example=True)),
+    ("softmax-channels", lambda: L.parallel(L.Softmax(axis=3), L.LogSoftmax(axis=-1))),
+    ("fixed-conv", lambda: filters.FixedConv(filters.gaussian(3, 1.0))),
 ]
 NOT_PER_EXAMPLE = [
     ("batchnorm", lambda: L.serial(L.Conv(2, 1), L.BatchNorm())),
     ("dropout", lambda: L.serial(L.Relu(), L.Dropout(0.5))),
     ("lambda", lambda: L.Lambda(lambda x: x - x.mean(axis=0))),
+    ("softmax-over-batch", lambda: L.Softmax(axis=0)),
+    ("logsoftmax-maybe-batch", lambda: L.LogSoftmax(axis=-4)),
     ("own-layer", lambda: L.serial(L.Relu(), L.Layer(lambda k, s: (s, {}, {}),
                                                      lambda p, s, x, **kw: (x, s)))),
 ]
@@ -780,3 +785,13 @@ def test_layers_marked_per_example_compute_each_example_alone(make):
                          ids=[c[0] for c in NOT_PER_EXAMPLE])
 def test_layers_that_may_mix_examples_are_not_marked(make):
     assert not L.layer_info(make()).per_example
+
+
+def test_every_layer_constructor_is_checked_for_the_per_example_mark():
+    def kinds(layer):
+        info = L.layer_info(layer)
+        return {info.kind}.union(*(kinds(c) for _, c in info.children))
+
+    covered = set().union(*(kinds(make()) for _, make in PER_EXAMPLE + NOT_PER_EXAMPLE))
+    constructors = {n for n in L.__all__ if n[0].isupper() and n not in ("Layer", "LayerInfo")}
+    assert constructors | {"Serial", "Parallel", "Residual", "FixedConv"} <= covered | {"Layer"}

@@ -252,6 +252,7 @@ def test_batch_slices_give_the_whole_batch_gradient(n, slices):
 
 
 def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch):
+    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")  # as on a CPU, whatever runs the tests
     lenet = models.lenet5()
     assert train.batch_slices_for(lenet, 128) == train.CPU_BATCH_SLICES == 4
     assert train.batch_slices_for(lenet, 63) == 1  # small batches gain nothing
@@ -263,6 +264,22 @@ def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch):
     assert train.batch_slices_for(lenet, 128) == 1
 
 
+@pytest.mark.parametrize(("n", "batch_slices", "sizes"), [
+    (64, "auto", [16, 16, 16, 16]), (66, "auto", [16, 17, 16, 17]), (63, "auto", [63]),
+    (64, 1, [64]), (10, 3, [3, 3, 4])])
+def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, sizes):
+    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
+    seen = []
+    spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
+    model = layers.serial(spy, layers.Flatten(), layers.Dense(2))
+    opt = optax.sgd(0.1)
+    ts = train.create_train_state(model, opt, jax.random.key(0), (None, 3))
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt,
+                                 batch_slices=batch_slices)
+    step(ts, (jnp.ones((n, 3)), jnp.zeros((n,), jnp.int32)))
+    assert seen[-len(sizes):] == sizes and len(seen) == len(sizes) + 1  # + init's trace
+
+
 def test_batch_slices_refuse_models_that_mix_examples():
     opt = optax.sgd(0.1)
     with pytest.raises(ValueError, match=r"layer 'serial1/dropout1' \(Dropout\)"):
@@ -272,3 +289,5 @@ def test_batch_slices_refuse_models_that_mix_examples():
         with pytest.raises(ValueError, match="batch_slices must be 'auto' or an int >= 1"):
             train.make_train_step(_per_example_model(), losses.mse, opt, batch_slices=bad)
     train.make_train_step(models.resnet20(), losses.mse, opt, batch_slices=1)  # whole: fine
+    with pytest.raises(ValueError, match=r"layer 'batchnorm1' \(BatchNorm\) is not per-example"):
+        train.batch_slices_for(models.resnet20(), 128, 4)
