@@ -55,7 +55,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn._types import Array
 
-__all__ = ["ENV_VAR", "Plan", "conv2d", "enabled", "plan_for"]
+__all__ = ["ENV_VAR", "Plan", "concat_slices", "conv2d", "enabled", "plan_for"]
 
 #: Environment variable that picks the implementation at trace time: auto, cpu or xla.
 ENV_VAR = "JAXCNN_CONV_IMPL"
@@ -175,14 +175,20 @@ def _patches_t(x: Array, kh: int, kw: int, cfg: _Cfg, ho: int, wo: int) -> Array
     return rows.reshape(kh, kw, c, n * ho * wo)  # rows: (kh, kw, C, N, ho, wo)
 
 
-def _batch_split(fn, x: Array, parts: int) -> Array:
-    """fn over ``parts`` slices of the batch, concatenated: independent convolutions that XLA's
-    CPU runtime runs on different cores (it runs one convolution on one core)."""
+def concat_slices(fn, x: Array, parts: int) -> Array:
+    """``fn`` over ``parts`` near-equal slices of the batch (1 <= parts <= N), concatenated:
+    independent work that XLA's CPU runtime runs on different cores, where it runs most single
+    operations (a convolution among them) on one core."""
     n = x.shape[0]
-    if parts <= 1 or n < 2 * parts:
-        return fn(x)
     bounds = [n * k // parts for k in range(parts + 1)]
     return jnp.concatenate([fn(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+
+def _batch_split(fn, x: Array, parts: int) -> Array:
+    """:func:`concat_slices` for a convolution's batch, left whole below 2 rows a slice."""
+    if parts <= 1 or x.shape[0] < 2 * parts:
+        return fn(x)
+    return concat_slices(fn, x, parts)
 
 
 def _pad8(x: Array, w: Array, cfg: _Cfg, w_axis: int) -> tuple[Array, Array]:

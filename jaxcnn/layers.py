@@ -477,10 +477,9 @@ def Lambda(fn: Callable[[Array], Array], *, kind: str = "Lambda", name: str | No
     """
     if not callable(fn):
         raise LayerError(kind, name, f"fn must be callable, got {type(fn).__name__}")
-    if window is None:
-        return _stateless(kind, kind.lower(), fn, name, per_example=per_example)
-    return _stateless(kind, kind.lower(), fn, name, window=_pair(window, "window", kind, name),
-                      stride=_pair(stride, "stride", kind, name), per_example=per_example)
+    geometry = {} if window is None else {"window": _pair(window, "window", kind, name),
+                                          "stride": _pair(stride, "stride", kind, name)}
+    return _stateless(kind, kind.lower(), fn, name, per_example=per_example, **geometry)
 
 
 def Dropout(rate: float, *, name: str | None = None) -> Layer:

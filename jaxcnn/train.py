@@ -159,12 +159,10 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
         slices = batch_slices_for(model, images.shape[0], batch_slices)
         if slices == 1:
             return model.apply(params, state, images, key=key, train=True)
-        n = images.shape[0]
-        bounds = [n * k // slices for k in range(slices + 1)]
         # A per-example model has no batch statistics to update: its state stays as it is.
-        ys = [model.apply(params, state, images[a:b], key=key, train=True)[0]
-              for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        return jnp.concatenate(ys), state
+        return _conv_cpu.concat_slices(
+            lambda x: model.apply(params, state, x, key=key, train=True)[0], images,
+            slices), state
 
     def step(ts: TrainState, batch) -> tuple[TrainState, Metrics]:
         images, labels, mask = _unpack(batch)
