@@ -31,7 +31,8 @@ from jaxcnn.layers import Layer, layer_info
 from jaxcnn.losses import accuracy, softmax_cross_entropy
 
 __all__ = [
-    "CPU_BATCH_SLICES", "EarlyStopping", "TrainState", "batch_slices_for", "create_train_state",
+    "CPU_MAX_SLICES", "CPU_SLICE_ROWS", "EarlyStopping", "TrainState", "batch_slices_for",
+    "create_train_state",
     "data_parallel_mesh", "evaluate", "fit", "learning_rate",
     "make_epoch_fn", "make_eval_step", "make_train_step", "should_stop",
 ]
@@ -43,8 +44,10 @@ Metrics = dict[str, Array]
 #: keeping the whole set on the device for a scanned epoch.
 SCAN_MAX_BYTES = 2 * 1024**3
 
-#: How many slices ``batch_slices="auto"`` computes a batch of 64 or more in, on the CPU.
-CPU_BATCH_SLICES = 4
+#: ``batch_slices="auto"`` on the CPU: slices of about this many rows (the largest power of two
+#: of slices that leaves at least this many), from 4 slices up to :data:`CPU_MAX_SLICES`.
+CPU_SLICE_ROWS = 16
+CPU_MAX_SLICES = 16
 
 
 class TrainState(NamedTuple):
@@ -102,18 +105,22 @@ def _not_per_example(layer: Layer, path: tuple[str, ...] = ()) -> str:
 def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "auto") -> int:
     """How many slices :func:`make_train_step` computes a batch of ``batch_size`` in.
 
-    ``"auto"``: :data:`CPU_BATCH_SLICES` from batch 64 on when jaxcnn's CPU convolution is on
+    ``"auto"``: from batch 64 on, when jaxcnn's CPU convolution is on
     (:func:`jaxcnn._conv_cpu.enabled`: JAX's default backend is the CPU, or
     ``JAXCNN_CONV_IMPL=cpu``), there is one device in all, and the model is per-example
-    (:class:`jaxcnn.layers.LayerInfo`); else 1. An int is used as given (at most the batch);
+    (:class:`jaxcnn.layers.LayerInfo`), the largest power of two of slices with at least
+    :data:`CPU_SLICE_ROWS` rows each, at most :data:`CPU_MAX_SLICES`: 4 for batch 64-127, 8
+    for 128-255, 16 from 256 on (the convolutions of a slice of 64 rows or more split once
+    more); else 1. An int is used as given (at most the batch);
     with a batch sharded over several devices its slices would cut across the shards, which
     costs transfers between devices, so keep ``"auto"`` there.
     """
     _check_batch_slices(model, batch_slices)
     if batch_slices == "auto":
-        if (batch_size >= 64 and layer_info(model).per_example and _conv_cpu.enabled()
-                and jax.device_count() == 1):
-            return CPU_BATCH_SLICES
+        if (batch_size >= 4 * CPU_SLICE_ROWS and layer_info(model).per_example
+                and _conv_cpu.enabled() and jax.device_count() == 1):
+            fit = batch_size // CPU_SLICE_ROWS
+            return min(CPU_MAX_SLICES, 1 << (fit.bit_length() - 1))
         return 1
     return max(1, min(int(batch_slices), batch_size))
 

@@ -254,7 +254,9 @@ def test_batch_slices_give_the_whole_batch_gradient(n, slices):
 def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")  # as on a CPU, whatever runs the tests
     lenet = models.lenet5()
-    assert train.batch_slices_for(lenet, 128) == train.CPU_BATCH_SLICES == 4
+    assert train.CPU_SLICE_ROWS == 16 and train.CPU_MAX_SLICES == 16
+    for batch, slices in ((64, 4), (127, 4), (128, 8), (255, 8), (256, 16), (1024, 16)):
+        assert train.batch_slices_for(lenet, batch) == slices, batch
     assert train.batch_slices_for(lenet, 63) == 1  # small batches gain nothing
     assert train.batch_slices_for(models.resnet20(), 128) == 1  # BatchNorm mixes examples
     assert train.batch_slices_for(_tiny_model(), 128) == 1  # Dropout draws per batch
@@ -266,6 +268,7 @@ def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch):
 
 @pytest.mark.parametrize(("n", "batch_slices", "sizes"), [
     (64, "auto", [16, 16, 16, 16]), (66, "auto", [16, 17, 16, 17]), (63, "auto", [63]),
+    (128, "auto", [16] * 8),
     (64, 1, [64]), (10, 3, [3, 3, 4])])
 def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, sizes):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
