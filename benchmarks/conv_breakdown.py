@@ -36,11 +36,8 @@ LAYERS = {
     "lenet5/conv1": (28, 28, 1, 6, 5, "SAME"),
     "lenet5/conv2": (14, 14, 6, 16, 5, "VALID"),
 }
-FORMS = {"fwd": ("lax", "taps", "gemm"), "dX": ("conv", "gemm"), "dW": ("conv", "gemm")}
-# batch slices each formulation runs with (the forward's GEMM splits, the gradients' do not)
-SPLITS = {("fwd", "lax"): (1, 4), ("fwd", "taps"): (1,), ("fwd", "gemm"): (1, 4),
-          ("dX", "conv"): (1, 4), ("dX", "gemm"): (1,), ("dW", "conv"): (1, 4),
-          ("dW", "gemm"): (1,)}
+FORMS = {"fwd": ("lax", "taps"), "dX": ("conv", "gemm"), "dW": ("conv", "gemm")}
+SPLITS = {"lax": (1, 4), "conv": (1, 4), "taps": (1,), "gemm": (1,)}  # batch slices
 
 
 def _pads(k: int, padding: str):
@@ -65,17 +62,17 @@ def pieces(h, w, cin, cout, k, padding):
         return cc._Cfg((1, 1), pads, (1, 1), 1, cc.Plan(**plan))
 
     for form in FORMS["fwd"]:
-        for split in SPLITS["fwd", form]:
+        for split in SPLITS[form]:
             c = cfg(fwd=form, split=split)
             out["fwd", _name(form, split)] = lambda x, wt, g, c=c: cc._forward(x, wt, c,
                                                                                train=True)
     for form in FORMS["dX"]:
-        for split in SPLITS["dX", form]:
+        for split in SPLITS[form]:
             c = cfg(dx=form, split=split)
             out["dX", _name(form, split)] = lambda x, wt, g, c=c: jax.vjp(
                 lambda dx: cc._tangent_x(dx, wt, c), x)[1](g)[0]
     for form in FORMS["dW"]:
-        for split in SPLITS["dW", form]:
+        for split in SPLITS[form]:
             c = cfg(dw=form, split=split)
             out["dW", _name(form, split)] = lambda x, wt, g, c=c: jax.vjp(
                 lambda dw: cc._tangent_w(x, dw, c), wt)[1](g)[0]
@@ -129,9 +126,9 @@ def main(argv=None):
         gs = jax.random.normal(keys[2], (r, n, ho, wo, cout))
         flops = 2.0 * n * ho * wo * k * k * cin * cout
         chosen = cc.plan_for((n, h, w, cin), (k, k, cin, cout))
-        pick = {piece: _name(form, chosen.split if len(SPLITS[piece, form]) > 1 else 1)
-                for piece, form in (("fwd", chosen.fwd), ("dX", chosen.dx),
-                                    ("dW", chosen.dw))}
+        pick = {"fwd": _name(chosen.fwd, chosen.split if chosen.fwd == "lax" else 1),
+                "dX": _name(chosen.dx, chosen.split if chosen.dx == "conv" else 1),
+                "dW": _name(chosen.dw, chosen.split if chosen.dw == "conv" else 1)}
         fns = {}
         for (piece, form), fn in pieces(h, w, cin, cout, k, padding).items():
             for mode in modes:
@@ -154,7 +151,7 @@ def main(argv=None):
               + " |")
         print("|---|---|" + "---:|---:|" * len(modes))
         for piece in ("fwd", "dX", "dW"):
-            forms = [_name(f, s) for f in FORMS[piece] for s in SPLITS[piece, f]]
+            forms = [_name(f, s) for f in FORMS[piece] for s in SPLITS[f]]
             for form in ("xla", *forms):
                 cells = []
                 for mode in modes:

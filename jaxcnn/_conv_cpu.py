@@ -24,11 +24,8 @@ XLA's CPU backend runs well. For Y = X * K (cross-correlation) and G = dE/dY:
 - The forward is ``lax.conv_general_dilated`` (``fwd="lax"``) or, for one input channel,
   the sum over the kh kw taps of shifted inputs times a kernel row, computed with the output
   channels outermost (``fwd="taps"``): one fused loop instead of a convolution whose 1-channel
-  contraction wastes the vector units; or one GEMM K^T @ transposed im2col (``fwd="gemm"``),
-  whose output XLA stores once, where it fuses a cheap-looking taps loop into each of its
-  consumers (ReLU, pooling and the pooling gradient's masks) and so computes it several times.
-  Plain evaluation (nothing differentiated: inference) may use another forward than the
-  differentiated pass (``infer``), as each runs best.
+  contraction wastes the vector units. Plain evaluation (nothing differentiated: inference)
+  may use another forward than the differentiated pass (``infer``), as each runs best.
   Inputs of 2 to 7 channels are zero-padded to 8 for XLA's convolutions, which run faster so.
 - XLA's CPU runtime runs a convolution whose output is stored on a single core, but runs
   independent operations of a training step side by side; so in the differentiated pass the
@@ -80,10 +77,10 @@ def enabled() -> bool:
 
 
 class Plan(NamedTuple):
-    """The formulation of each piece (see the module docstring): ``fwd`` in {"lax", "taps",
-    "gemm"} (the forward when differentiated), ``dx`` in {"conv", "gemm"}, ``dw`` in {"conv",
-    "gemm"}; ``split``: how many batch slices the convolutions of the differentiated pass run as;
-    ``infer`` in {"lax", "taps", "gemm"}: the forward when nothing is differentiated."""
+    """The formulation of each piece (see the module docstring): ``fwd`` in {"lax", "taps"}
+    (the forward when differentiated), ``dx`` in {"conv", "gemm"}, ``dw`` in {"conv", "gemm"};
+    ``split``: how many batch slices the convolutions of the differentiated pass run as;
+    ``infer`` in {"lax", "taps"}: the forward when nothing is differentiated."""
 
     fwd: str = "lax"
     dx: str = "conv"
@@ -103,22 +100,19 @@ class _Cfg(NamedTuple):
 def plan_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1) -> Plan:
     """The formulation of each piece for a convolution of these shapes (x NHWC, w HWIO), as
     measured in whole training steps and with ``benchmarks/conv_breakdown.py`` on a 2-core
-    AVX2 CPU: the 1-channel forward in training as a GEMM up to 16 output channels (LeNet-5's
-    conv1: 8.5% faster steps; simple_cnn's 32-channel conv1 10% slower so) and as taps above,
-    in inference as taps up to 16 and as a convolution above; the input gradient of a
-    1-channel input as a GEMM, the weight gradient as a GEMM from 32 output channels on (or
-    with groups) and as a convolution below; in training, from batch 64 on, the convolutions
-    run as 4 batch slices."""
+    AVX2 CPU: the 1-channel forward as taps (for inference only up to 16 output channels), the
+    input gradient of a 1-channel input as a GEMM, the weight gradient as a
+    GEMM from 32 output channels on (or with groups) and as a convolution below; in training,
+    from batch 64 on, the convolutions run as 4 batch slices."""
     kh, kw, cin_g, cout = w_shape
     single = groups == 1
-    one_channel = single and cin_g == 1
-    fwd = ("gemm" if cout <= 16 else "taps") if one_channel else "lax"
-    dx = "gemm" if one_channel else "conv"
+    fwd = "taps" if single and cin_g == 1 else "lax"
+    dx = "gemm" if single and cin_g == 1 else "conv"
     dw = "gemm" if cout >= 32 or not single else "conv"
     # XLA's CPU runtime runs a convolution whose output is stored on one core; inside a
     # training step (a scan body) it runs independent ones side by side.
     split = 4 if (x_shape[0] or 0) >= 64 else 1
-    infer = "taps" if one_channel and cout <= 16 else "lax"
+    infer = "taps" if fwd == "taps" and cout <= 16 else "lax"
     return Plan(fwd, dx, dw, split, infer)
 
 
@@ -232,28 +226,12 @@ def _fwd_taps(x: Array, w: Array, cfg: _Cfg) -> Array:
     return jnp.transpose(y, (1, 2, 3, 0))
 
 
-def _fwd_gemm(x: Array, w: Array, cfg: _Cfg) -> Array:
-    """K^T (C_out, kh kw C_in) @ transposed im2col (kh kw C_in, N ho wo), put back to NHWC
-    (groups == 1): a GEMM, whose output XLA stores once."""
-    kh, kw, cin, cout = w.shape
-    ho, wo = _out_hw(x.shape, w.shape, cfg)
-
-    def one(x):
-        pt = _patches_t(x, kh, kw, cfg, ho, wo).reshape(kh * kw * cin, x.shape[0] * ho * wo)
-        y = lax.dot_general(w.reshape(kh * kw * cin, cout), pt, (((0,), (0,)), ((), ())))
-        return jnp.transpose(y.reshape(cout, x.shape[0], ho, wo), (1, 2, 3, 0))
-
-    return _batch_split(one, x, cfg.plan.split)
-
-
-_FORWARDS = {"lax": _fwd_lax, "taps": _fwd_taps, "gemm": _fwd_gemm}
-
-
 def _forward(x: Array, w: Array, cfg: _Cfg, *, train: bool) -> Array:
     """The forward of the differentiated pass (``train``) or of plain evaluation."""
     if not train:
         cfg = cfg._replace(plan=cfg.plan._replace(split=1))
-    return _FORWARDS[cfg.plan.fwd if train else cfg.plan.infer](x, w, cfg)
+    form = cfg.plan.fwd if train else cfg.plan.infer
+    return _fwd_taps(x, w, cfg) if form == "taps" else _fwd_lax(x, w, cfg)
 
 
 def _tangent_x(dx: Array, w: Array, cfg: _Cfg) -> Array:

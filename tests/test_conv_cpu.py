@@ -1,6 +1,6 @@
 """jaxcnn._conv_cpu against ``lax.conv_general_dilated`` and JAX's own derivatives of it.
 
-Every formulation (forward: lax, taps, gemm; input gradient: conv, gemm; weight gradient: conv,
+Every formulation (forward: lax, taps; input gradient: conv, gemm; weight gradient: conv,
 gemm) over a sweep of kernel sizes, strides, paddings (SAME, VALID, asymmetric explicit),
 dilations, groups (1, 2, depthwise) and channel counts: values, ``jax.grad`` with respect to
 x and w, in float32 to 1e-5; second order and forward mode with ``check_grads`` in float64;
@@ -28,8 +28,7 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 CANONICAL = ("NHWC", "HWIO", "NHWC")
 # together these cover each formulation of each piece at least once
 PLANS = [cc.Plan("lax", "conv", "gemm"), cc.Plan("taps", "gemm", "conv", infer="taps"),
-         cc.Plan("lax", "gemm", "conv"), cc.Plan("taps", "conv", "gemm", infer="taps"),
-         cc.Plan("gemm", "gemm", "gemm", infer="gemm"), cc.Plan("gemm", "conv", "conv", 2)]
+         cc.Plan("lax", "gemm", "conv"), cc.Plan("taps", "conv", "gemm", infer="taps")]
 
 # (id, x shape, kernel (kh, kw), C_out, stride, explicit pads, dilation, groups)
 CASES = [
@@ -97,8 +96,7 @@ def test_values_and_gradients_match_lax(case):
                                        err_msg=f"{what} with {plan}")
 
 
-@pytest.mark.parametrize("case, plan", [(CASES[0], PLANS[1]), (CASES[8], PLANS[0]),
-                                        (CASES[3], PLANS[4])],
+@pytest.mark.parametrize("case, plan", [(CASES[0], PLANS[1]), (CASES[8], PLANS[0])],
                          ids=lambda c: c[0])
 def test_second_order_and_forward_mode(case, plan):
     with jax.enable_x64(True):
@@ -183,7 +181,7 @@ def test_plan_for_the_model_layers():
     assert plan((128, 28, 28, 1), (3, 3, 1, 32)) == ("taps", "gemm", "gemm", 4, "lax")
     assert plan((128, 14, 14, 32), (3, 3, 32, 64)) == ("lax", "conv", "gemm", 4, "lax")
     assert plan((8, 14, 14, 32), (3, 3, 32, 64)) == ("lax", "conv", "gemm", 1, "lax")
-    assert plan((128, 28, 28, 1), (5, 5, 1, 6)) == ("gemm", "gemm", "conv", 4, "taps")
+    assert plan((128, 28, 28, 1), (5, 5, 1, 6)) == ("taps", "gemm", "conv", 4, "taps")
     assert plan((128, 14, 14, 6), (5, 5, 6, 16)) == ("lax", "conv", "conv", 4, "lax")
     assert plan((128, 14, 14, 32), (3, 3, 1, 32), 32) == ("lax", "conv", "gemm", 4, "lax")
 
