@@ -11,7 +11,7 @@ Contenders, for each model (``simple_cnn``, ``lenet5``; 28x28x1 inputs, 10 class
   batches as one compiled ``lax.scan``); inference is ``jax.jit`` of ``model.apply``. Its
   convolutions take the platform's default path (:mod:`jaxcnn._conv_cpu` on CPU).
 - ``jaxcnn[whole]`` (training only): the same with ``batch_slices=1``: each batch computed
-  whole instead of in the 4 slices ``make_train_step`` uses on a CPU, to show what they buy.
+  whole instead of in the slices ``make_train_step`` uses on a CPU, to show what they buy.
 - ``jaxcnn[xla]``: the same with ``JAXCNN_CONV_IMPL=xla`` while tracing, i.e. plain
   ``lax.conv_general_dilated`` and its autodiff, to show what the CPU convolution buys.
 - ``raw JAX``: a hand-written model of the same architecture on ``lax.conv_general_dilated``,
@@ -26,6 +26,8 @@ Every contender runs on the same device-resident random data, for ``--seconds`` 
 passes rotate the order, so slow drifts of a shared machine hit all of them alike. The table
 gives the median images/s over the passes (and the min-max), the ratio to raw JAX, and the
 fraction of a 2048x2048 float32 matmul's GFLOP/s measured in the same passes ("ceiling").
+Below it, pass by pass, jaxcnn's images/s over the faster PyTorch contender's in that pass:
+the median of those ratios and how many passes jaxcnn won, steadier than two medians.
 
 FLOPs per image are counted exactly from the layers' multiply-adds (:func:`jaxcnn.summary`):
 inference is 2 x MACs; training is 2 x (forward + weight gradient of every layer + input
@@ -436,8 +438,29 @@ def main(argv: list[str] | None = None) -> None:
           f"(min {min(mm_rates):.0f}, max {max(mm_rates):.0f}) over {len(mm_rates)} runs")
     print()
     print(render(groups, rates, ceiling))
+    lines = paired(groups, rates)
+    if lines:
+        print("\nPaired, pass by pass (the machine's speed drifts between passes): jaxcnn's "
+              "images/s over the faster PyTorch contender's in the same pass")
+        print("\n".join(lines))
     if torch is None:
         print("\nPyTorch rows skipped: torch is not installed (pip install -e .[bench]).")
+
+
+def paired(groups, rates) -> list[str]:
+    """Per model, batch and mode: the median over the passes of jaxcnn's images/s divided by
+    the faster PyTorch contender's in the same pass, and in how many passes jaxcnn was faster."""
+    out = []
+    for key in dict.fromkeys(k for k, _ in groups):
+        ours = [rates[i] for i, (k, r) in enumerate(groups) if k == key and r.name == "jaxcnn"]
+        theirs = [rates[i] for i, (k, r) in enumerate(groups)
+                  if k == key and r.name.startswith("torch")]
+        if not ours or not theirs:
+            continue
+        ratios = [a / max(t) for a, *t in zip(ours[0], *theirs, strict=True)]
+        out.append(f"- {key[0]} b{key[1]} {key[2]}: median {statistics.median(ratios):.2f}x, "
+                   f"faster in {sum(r > 1 for r in ratios)}/{len(ratios)} passes")
+    return out
 
 
 def render(groups, rates, ceiling: float) -> str:

@@ -157,8 +157,8 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     batch, whose logits are concatenated before the loss. For a per-example model this is the
     same function of the whole batch (up to float rounding), but XLA's CPU runtime, which runs
     most operations on one core, then has independent forward and backward passes to run side
-    by side: 1.1x-1.4x the images/s of LeNet-5 and simple_cnn on 2 cores
-    (``benchmarks/README.md``). A model that is not per-example refuses an int > 1.
+    by side: 1.1x-1.5x the images/s of LeNet-5 and simple_cnn on 2 cores
+    (``benchmarks/batch_slices.py``). A model that is not per-example refuses an int > 1.
     """
     _check_batch_slices(model, batch_slices)
 

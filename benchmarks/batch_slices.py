@@ -1,0 +1,94 @@
+"""Paired A/B of ``make_train_step(batch_slices=...)``: how many slices a training step runs in.
+
+    .venv/bin/python benchmarks/batch_slices.py                 # the table in benchmarks/README
+    .venv/bin/python benchmarks/batch_slices.py --models lenet5 --batches 128 \\
+        --slices 4,auto,16 --passes 30
+
+For each model and batch, one compiled epoch per ``batch_slices`` value (``train.make_epoch_fn``,
+``driver="scan"``, ``--steps`` steps of device-resident random 28x28x1 images, SGD with
+momentum), run in interleaved passes whose order rotates. This machine's speed drifts by tens of
+percent within minutes, so besides each value's median images/s the table gives the median over
+the passes of its ratio to the first value's epoch *in the same pass*, and in how many passes it
+was the faster of the two: a steadier comparison than two medians taken minutes apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from jaxcnn import models  # noqa: E402
+from jaxcnn import train as train_lib  # noqa: E402
+from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
+
+
+def _value(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+def build(model_name: str, batch: int, slices, steps: int):
+    """A zero-argument function that runs one compiled epoch, compiled and warmed up."""
+    model = getattr(models, model_name)()
+    rng = np.random.default_rng(0)
+    x = rng.random((batch * steps, 28, 28, 1), np.float32)
+    y = rng.integers(0, 10, batch * steps).astype(np.int32)
+    opt = optax.sgd(0.01, momentum=0.9)
+    step = train_lib.make_train_step(model, softmax_cross_entropy, opt, jit=False,
+                                     batch_slices=slices)
+    epoch = train_lib.make_epoch_fn(step, x, y, batch, driver="scan")
+    ts = train_lib.create_train_state(model, opt, jax.random.key(0), (None, 28, 28, 1))
+    jax.block_until_ready(epoch(ts, seed=0, epoch=0))
+    return lambda e: jax.block_until_ready(epoch(ts, seed=0, epoch=e))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="lenet5,simple_cnn")
+    p.add_argument("--batches", default="128,1024")
+    p.add_argument("--slices", default="4,auto", help="values to compare; the first is the "
+                   "reference (an int or auto)")
+    p.add_argument("--passes", type=int, default=20)
+    p.add_argument("--steps", type=int, default=0, help="steps per epoch (default: about "
+                   "2,560 images)")
+    args = p.parse_args(argv)
+    values = [_value(s.strip()) for s in args.slices.split(",") if s.strip()]
+    print(f"{os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}); "
+          f"{args.passes} interleaved passes; load average {os.getloadavg()[0]:.2f}")
+    print("\n| model | batch | batch_slices | slices used | img/s (median) | x first, same pass "
+          "(median) | passes won |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for batch in [int(b) for b in args.batches.split(",") if b.strip()]:
+            steps = args.steps or max(2, 2560 // batch)
+            runs = {v: build(model_name, batch, v, steps) for v in values}
+            secs = {v: [] for v in values}
+            for k in range(args.passes):
+                order = values[k % len(values):] + values[:k % len(values)]
+                for v in order:
+                    t = time.perf_counter()
+                    runs[v](k + 1)
+                    secs[v].append(time.perf_counter() - t)
+            ref = np.array(secs[values[0]])
+            model = getattr(models, model_name)()
+            for v in values:
+                ratio = ref / np.array(secs[v])  # > 1: faster than the first value
+                used = train_lib.batch_slices_for(model, batch, v)
+                won = "" if v == values[0] else f"{int((ratio > 1).sum())}/{args.passes}"
+                print(f"| {model_name} | {batch} | {v} | {used} | "
+                      f"{statistics.median(batch * steps / np.array(secs[v])):,.0f} | "
+                      f"{statistics.median(ratio):.3f} | {won} |", flush=True)
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
