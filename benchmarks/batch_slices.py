@@ -58,10 +58,10 @@ def main(argv=None) -> None:
     p.add_argument("--slices", default="4,auto", help="values to compare; the first is the "
                    "reference (an int or auto)")
     p.add_argument("--passes", type=int, default=20)
-    p.add_argument("--steps", type=int, default=0, help="steps per epoch (default: about "
-                   "2,560 images)")
+    p.add_argument("--steps", type=int, default=0, help="steps per epoch (default: 2,560 // "
+                   "batch, at least 2)")
     args = p.parse_args(argv)
-    values = [_value(s.strip()) for s in args.slices.split(",") if s.strip()]
+    values = list(dict.fromkeys(_value(s.strip()) for s in args.slices.split(",") if s.strip()))
     print(f"{os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}); "
           f"{args.passes} interleaved passes; load average {os.getloadavg()[0]:.2f}")
     print("\n| model | batch | batch_slices | slices used | img/s (median) | x first, same pass "

@@ -44,9 +44,10 @@ Metrics = dict[str, Array]
 #: keeping the whole set on the device for a scanned epoch.
 SCAN_MAX_BYTES = 2 * 1024**3
 
-#: ``batch_slices="auto"`` on the CPU: slices of about this many rows (the largest power of two
-#: of slices that leaves at least this many), from 4 slices up to :data:`CPU_MAX_SLICES`.
+#: ``batch_slices="auto"`` on the CPU: slices of at least this many rows (the largest power of
+#: two of slices that leaves this many each, from 4 slices up to :data:`CPU_MAX_SLICES`).
 CPU_SLICE_ROWS = 16
+#: The most slices ``batch_slices="auto"`` takes; larger batches get larger slices.
 CPU_MAX_SLICES = 16
 
 
@@ -110,16 +111,18 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     ``JAXCNN_CONV_IMPL=cpu``), there is one device in all, and the model is per-example
     (:class:`jaxcnn.layers.LayerInfo`), the largest power of two of slices with at least
     :data:`CPU_SLICE_ROWS` rows each, at most :data:`CPU_MAX_SLICES`: 4 for batch 64-127, 8
-    for 128-255, 16 from 256 on (the convolutions of a slice of 64 rows or more split once
-    more); else 1. An int is used as given (at most the batch);
+    for 128-255, 16 from 256 on (from batch 1024 on, the slices have 64 rows or more and
+    each slice's convolutions split once more, in 4: :func:`jaxcnn._conv_cpu.plan_for`);
+    else 1. An int is used as given (at most the batch);
     with a batch sharded over several devices its slices would cut across the shards, which
     costs transfers between devices, so keep ``"auto"`` there.
     """
     _check_batch_slices(model, batch_slices)
     if batch_slices == "auto":
+        # at least 4 slices: fewer left a core idle (benchmarks/README.md, items 6 and 7)
         if (batch_size >= 4 * CPU_SLICE_ROWS and layer_info(model).per_example
                 and _conv_cpu.enabled() and jax.device_count() == 1):
-            fit = batch_size // CPU_SLICE_ROWS
+            fit = int(batch_size) // CPU_SLICE_ROWS
             return min(CPU_MAX_SLICES, 1 << (fit.bit_length() - 1))
         return 1
     return max(1, min(int(batch_slices), batch_size))
@@ -158,7 +161,7 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     same function of the whole batch (up to float rounding), but XLA's CPU runtime, which runs
     most operations on one core, then has independent forward and backward passes to run side
     by side: 1.1x-1.5x the images/s of LeNet-5 and simple_cnn on 2 cores
-    (``benchmarks/batch_slices.py``). A model that is not per-example refuses an int > 1.
+    (``benchmarks/README.md``, "Batch slices"). A model that is not per-example refuses an int > 1.
     """
     _check_batch_slices(model, batch_slices)
 

@@ -28,7 +28,9 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 CANONICAL = ("NHWC", "HWIO", "NHWC")
 # together these cover each formulation of each piece at least once
 PLANS = [cc.Plan("lax", "conv", "gemm"), cc.Plan("taps", "gemm", "conv", infer="taps"),
-         cc.Plan("lax", "gemm", "conv"), cc.Plan("taps", "conv", "gemm", infer="taps")]
+         cc.Plan("lax", "gemm", "conv"), cc.Plan("taps", "conv", "gemm", infer="taps"),
+         # the differentiated forward differs from plain evaluation's (simple_cnn's conv1)
+         cc.Plan("taps", "gemm", "gemm", infer="lax"), cc.Plan("lax", "conv", "gemm", 2, "taps")]
 
 # (id, x shape, kernel (kh, kw), C_out, stride, explicit pads, dilation, groups)
 CASES = [

@@ -257,6 +257,7 @@ def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch):
     assert train.CPU_SLICE_ROWS == 16 and train.CPU_MAX_SLICES == 16
     for batch, slices in ((64, 4), (127, 4), (128, 8), (255, 8), (256, 16), (1024, 16)):
         assert train.batch_slices_for(lenet, batch) == slices, batch
+        assert train.batch_slices_for(lenet, np.int64(batch)) == slices, batch
     assert train.batch_slices_for(lenet, 63) == 1  # small batches gain nothing
     assert train.batch_slices_for(models.resnet20(), 128) == 1  # BatchNorm mixes examples
     assert train.batch_slices_for(_tiny_model(), 128) == 1  # Dropout draws per batch
