@@ -32,8 +32,7 @@ from jaxcnn.losses import accuracy, softmax_cross_entropy
 
 __all__ = [
     "CPU_MAX_SLICES", "CPU_SLICE_ROWS", "EarlyStopping", "TrainState", "batch_slices_for",
-    "create_train_state",
-    "data_parallel_mesh", "evaluate", "fit", "learning_rate",
+    "create_train_state", "data_parallel_mesh", "evaluate", "fit", "learning_rate",
     "make_epoch_fn", "make_eval_step", "make_train_step", "should_stop",
 ]
 
@@ -118,6 +117,11 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     costs transfers between devices, so keep ``"auto"`` there.
     """
     _check_batch_slices(model, batch_slices)
+    return _slice_count(model, batch_size, batch_slices)
+
+
+def _slice_count(model: Layer, batch_size: int, batch_slices: int | str) -> int:
+    """:func:`batch_slices_for` for an already checked ``batch_slices``."""
     if batch_slices == "auto":
         # at least 4 slices: fewer left a core idle (benchmarks/README.md, items 6 and 7)
         if (batch_size >= 4 * CPU_SLICE_ROWS and layer_info(model).per_example
@@ -166,7 +170,7 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     _check_batch_slices(model, batch_slices)
 
     def forward(params, state, images, key):
-        slices = batch_slices_for(model, images.shape[0], batch_slices)
+        slices = _slice_count(model, images.shape[0], batch_slices)  # checked above
         if slices == 1:
             return model.apply(params, state, images, key=key, train=True)
         # A per-example model has no batch statistics to update: its state stays as it is.
