@@ -31,9 +31,10 @@ from jaxcnn.layers import Layer, layer_info
 from jaxcnn.losses import accuracy, softmax_cross_entropy
 
 __all__ = [
-    "CPU_MAX_SLICES", "CPU_SLICE_ROWS", "EarlyStopping", "TrainState", "batch_slices_for",
-    "create_train_state", "data_parallel_mesh", "evaluate", "fit", "learning_rate",
-    "make_epoch_fn", "make_eval_step", "make_train_step", "should_stop",
+    "CPU_MAX_SLICES", "CPU_MIN_SLICED_BATCH", "CPU_SLICE_ROWS", "EarlyStopping", "TrainState",
+    "batch_slices_for", "cpu_slice_rows", "create_train_state", "data_parallel_mesh",
+    "evaluate", "fit", "learning_rate", "make_epoch_fn", "make_eval_step", "make_train_step",
+    "should_stop",
 ]
 
 LossFn = Callable[..., Array]
@@ -43,11 +44,29 @@ Metrics = dict[str, Array]
 #: keeping the whole set on the device for a scanned epoch.
 SCAN_MAX_BYTES = 2 * 1024**3
 
+
+def cpu_slice_rows(features: Mapping[str, bool] | None = None) -> int:
+    """Rows per slice that ``batch_slices="auto"`` aims at on this CPU: 32 with AVX-512, else
+    16. A core with wider vectors finishes a slice's operations sooner, so their fixed cost
+    weighs more and larger slices win (benchmarks/README.md, item 8: on a 2-core AVX-512
+    EPYC, 32 rows trained 5-11% faster than 16; on a 2-core AVX2 EPYC, 16 rows were faster).
+    ``features``: NumPy's runtime CPU feature table (the host's when None)."""
+    if features is None:
+        try:
+            from numpy._core._multiarray_umath import __cpu_features__ as features
+        except ImportError:  # a NumPy without that table: assume the narrower vectors
+            features = {}
+    return 32 if features.get("AVX512F") else 16
+
+
 #: ``batch_slices="auto"`` on the CPU: slices of at least this many rows (the largest power of
-#: two of slices that leaves this many each, from 4 slices up to :data:`CPU_MAX_SLICES`).
-CPU_SLICE_ROWS = 16
+#: two of slices that leaves this many each, from 4 slices up to :data:`CPU_MAX_SLICES`):
+#: :func:`cpu_slice_rows` of the host.
+CPU_SLICE_ROWS = cpu_slice_rows()
 #: The most slices ``batch_slices="auto"`` takes; larger batches get larger slices.
 CPU_MAX_SLICES = 16
+#: ``batch_slices="auto"`` leaves smaller batches whole: they gained nothing from slices.
+CPU_MIN_SLICED_BATCH = 64
 
 
 class TrainState(NamedTuple):
@@ -109,10 +128,11 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     (:func:`jaxcnn._conv_cpu.enabled`: JAX's default backend is the CPU, or
     ``JAXCNN_CONV_IMPL=cpu``), there is one device in all, and the model is per-example
     (:class:`jaxcnn.layers.LayerInfo`), the largest power of two of slices with at least
-    :data:`CPU_SLICE_ROWS` rows each, at most :data:`CPU_MAX_SLICES`: 4 for batch 64-127, 8
-    for 128-255, 16 from 256 on (from batch 1024 on, the slices have 64 rows or more and
-    each slice's convolutions split once more, in 4: :func:`jaxcnn._conv_cpu.plan_for`);
-    else 1. An int is used as given (at most the batch);
+    :data:`CPU_SLICE_ROWS` rows each, at least 4 and at most :data:`CPU_MAX_SLICES`. With 16
+    rows (AVX2): 4 for batch 64-127, 8 for 128-255, 16 from 256 on; with 32 rows (AVX-512): 4
+    for batch 64-255, 8 for 256-511, 16 from 512 on. Slices of 64 rows or more split each of
+    their convolutions once more, in 4 (:func:`jaxcnn._conv_cpu.plan_for`). Else 1. An int is
+    used as given (at most the batch);
     with a batch sharded over several devices its slices would cut across the shards, which
     costs transfers between devices, so keep ``"auto"`` there.
     """
@@ -123,11 +143,11 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
 def _slice_count(model: Layer, batch_size: int, batch_slices: int | str) -> int:
     """:func:`batch_slices_for` for an already checked ``batch_slices``."""
     if batch_slices == "auto":
-        # at least 4 slices: fewer left a core idle (benchmarks/README.md, items 6 and 7)
-        if (batch_size >= 4 * CPU_SLICE_ROWS and layer_info(model).per_example
+        # at least 4 slices: fewer left a core idle (benchmarks/README.md, items 6 to 8)
+        if (batch_size >= CPU_MIN_SLICED_BATCH and layer_info(model).per_example
                 and _conv_cpu.enabled() and jax.device_count() == 1):
-            fit = int(batch_size) // CPU_SLICE_ROWS
-            return min(CPU_MAX_SLICES, 1 << (fit.bit_length() - 1))
+            fit = max(1, int(batch_size) // CPU_SLICE_ROWS)
+            return min(CPU_MAX_SLICES, max(4, 1 << (fit.bit_length() - 1)))
         return 1
     return max(1, min(int(batch_slices), batch_size))
 

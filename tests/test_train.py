@@ -251,11 +251,22 @@ def test_batch_slices_give_the_whole_batch_gradient(n, slices):
     assert not np.array_equal(ts1.params["conv1"]["w"], ts.params["conv1"]["w"])
 
 
-def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch):
+def test_cpu_slice_rows_follow_the_vector_width():
+    assert train.cpu_slice_rows({"AVX512F": True, "AVX2": True}) == 32
+    assert train.cpu_slice_rows({"AVX512F": False, "AVX2": True}) == 16
+    assert train.cpu_slice_rows({}) == 16  # e.g. an ARM CPU
+    assert train.CPU_SLICE_ROWS == train.cpu_slice_rows() in (16, 32)
+
+
+@pytest.mark.parametrize(("rows", "table"), [
+    (16, ((64, 4), (127, 4), (128, 8), (255, 8), (256, 16), (1024, 16))),
+    (32, ((64, 4), (127, 4), (128, 4), (255, 4), (256, 8), (511, 8), (512, 16), (4096, 16)))])
+def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch, rows, table):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")  # as on a CPU, whatever runs the tests
+    monkeypatch.setattr(train, "CPU_SLICE_ROWS", rows)
     lenet = models.lenet5()
-    assert train.CPU_SLICE_ROWS == 16 and train.CPU_MAX_SLICES == 16
-    for batch, slices in ((64, 4), (127, 4), (128, 8), (255, 8), (256, 16), (1024, 16)):
+    assert train.CPU_MAX_SLICES == 16 and train.CPU_MIN_SLICED_BATCH == 64
+    for batch, slices in table:
         assert train.batch_slices_for(lenet, batch) == slices, batch
         assert train.batch_slices_for(lenet, np.int64(batch)) == slices, batch
     assert train.batch_slices_for(lenet, 63) == 1  # small batches gain nothing
@@ -273,6 +284,7 @@ def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch):
     (64, 1, [64]), (10, 3, [3, 3, 4])])
 def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, sizes):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
+    monkeypatch.setattr(train, "CPU_SLICE_ROWS", 16)  # the AVX2 rule, whatever the host
     seen = []
     spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
     model = layers.serial(spy, layers.Flatten(), layers.Dense(2))
