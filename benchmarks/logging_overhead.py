@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-from jaxcnn import cli, experiment, train  # noqa: E402
+from jaxcnn import cli, experiment, memory, train  # noqa: E402
 from jaxcnn import config as config_lib  # noqa: E402
 from jaxcnn import data as data_lib  # noqa: E402
 from jaxcnn.errors import DataError  # noqa: E402
@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"command: logging_overhead.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"passes: {args.passes} x {args.epochs} epochs per contender, order rotated each pass")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min)", flush=True)
+    # The runner's _train does this on the CPU; here it holds for bare and runner alike.
+    print(f"malloc keeps freed memory: {memory.keep_freed_memory()}", flush=True)
 
     rows = []
     with tempfile.TemporaryDirectory() as runs_dir:

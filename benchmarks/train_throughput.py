@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jaxcnn import models, summary  # noqa: E402
+from jaxcnn import memory, models, summary  # noqa: E402
 from jaxcnn import train as train_lib  # noqa: E402
 from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
 
@@ -386,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="skip jaxcnn[xla] (slow: about 30 img/s for simple_cnn at batch 1024)")
     p.add_argument("--no-whole", action="store_true",
                    help="skip jaxcnn[whole] (training without batch slices)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (default: jaxcnn.memory."
+                        "keep_freed_memory(), as the runner does, for every contender)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: lenet5, batch 32, 1 pass of 0.2 s, no torch.compile, "
                         "jaxcnn[whole] or jaxcnn[xla]")
@@ -402,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     cores = os.cpu_count() or 1
     if torch is not None:
         torch.set_num_threads(cores)
+    # As the runner does; it holds for every contender of this process, PyTorch's included.
+    kept = not args.default_malloc and memory.keep_freed_memory()
     header = [
         f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         f"machine: {lscpu_model()}, {cores} cores; jax {jax.__version__} "
@@ -412,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         f"command: {' '.join([os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])])}",
         f"passes: {args.passes} x {args.seconds:g} s per contender, order rotated each pass",
         f"load average at start: {os.getloadavg()[0]:.2f} (1 min)",
+        "malloc: " + ("keeps freed memory (jaxcnn.memory.keep_freed_memory), for every "
+                      "contender" if kept else "glibc's default"),
     ]
     print("\n".join(header), flush=True)
 

@@ -17,8 +17,8 @@ from jaxcnn.summarize import Summary, SummaryRow, summary
 
 # Imported on first use: they pull in tensorboardX, scikit-learn or the runner, which code
 # that only composes layers should not pay for at import.
-_LAZY = ("checkpoint", "config", "data", "distributed", "experiment", "tracking", "train",
-         "visualize")
+_LAZY = ("checkpoint", "config", "data", "distributed", "experiment", "memory", "tracking",
+         "train", "visualize")
 
 __all__ = ["Layer", "Summary", "SummaryRow", "errors", "filters", "layers", "losses", "models",
            "ops", "summary", *_LAZY]

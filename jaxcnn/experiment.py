@@ -76,7 +76,7 @@ import optax
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import config as config_lib
 from jaxcnn import data as data_lib
-from jaxcnn import distributed, models, train, visualize
+from jaxcnn import distributed, memory, models, train, visualize
 from jaxcnn import filters as filters_lib
 from jaxcnn import layers as layers_lib
 from jaxcnn._types import Array, Params, State
@@ -806,6 +806,8 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
     # run() and resume() turned on the compilation cache before anything compiled.
     # A run killed after its last checkpoint but before "completed" may still owe its hparams.
     was_completed = _status(run_dir).get("status") == "completed"
+    if jax.default_backend() == "cpu":
+        memory.keep_freed_memory()  # no page faults on every step's fresh buffers
     # Signals are caught from here on: one during set-up stops the run after its first call.
     with _Signals() as signals:
         trainer = _Trainer(config, run_dir, resume_from=resume_from,
