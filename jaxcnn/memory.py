@@ -1,13 +1,15 @@
 """Host memory allocation for training on the CPU.
 
-Why: XLA's CPU runtime allocates each compiled call's buffers afresh, and YNNPACK's fused
-operations allocate their own scratch at every step. glibc's ``malloc`` serves blocks of 32 MiB
-and more (and, by default, smaller ones too) with a fresh ``mmap`` and hands them back with
-``munmap`` on ``free``, so every step touches new pages and pays a page fault for each 4 KiB of
-them: on a 2-core AVX-512 EPYC that cost simple_cnn 13% of its training time at batch 128, and
-raw JAX as much (``benchmarks/README.md``, item 9). The usual cure is a caching allocator
-(jemalloc or tcmalloc, preloaded); :func:`keep_freed_memory` gets the same effect from glibc
-itself, with ``mallopt``.
+Why: XLA's CPU runtime allocates each compiled call's buffers afresh, and its fused operations
+allocate scratch at every step. glibc's ``malloc`` serves the large ones with a fresh ``mmap``
+and hands them back with ``munmap`` on ``free``, so the next call touches new pages and pays a
+page fault for each 4 KiB of them. With :func:`keep_freed_memory`, in the runner's compiled
+calls of 20 steps on a 2-core AVX-512 EPYC: simple_cnn at batch 128 went from 757 to 189 page
+faults a step and trained 4% faster, lenet5 2% (batch 128) and 8% (batch 1024); simple_cnn at
+batch 1024 kept its faults and its speed (``benchmarks/keep_freed_memory.py``; why, in
+``benchmarks/README.md``). The
+usual cure is a caching allocator (jemalloc or tcmalloc, preloaded); this gets part of its
+effect from glibc itself, with ``mallopt``.
 """
 
 from __future__ import annotations
