@@ -24,6 +24,9 @@ line), or left to finish its epochs:
   so both follow nearly the same trajectory and only speed differs. Each epoch it evaluates
   the test set only (what a plain loop needs to know its accuracy) and logs nothing.
 
+Both keep freed memory (``jaxcnn.memory.keep_freed_memory``, which the runner applies on the
+CPU; the torch worker calls it too); ``--default-malloc`` leaves glibc's default to both.
+
 Rounds alternate the order. MNIST comes from ``$JAXCNN_DATA`` or ``../shared/data``.
 """
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gzip
+import importlib.util
 import json
 import math
 import os
@@ -63,6 +67,12 @@ def _idx(path: Path) -> np.ndarray:
 
 def torch_worker(spec_path: str) -> None:
     """The plain PyTorch loop; prints one ``epoch k/N ... test_accuracy=A`` line per epoch."""
+    # As the runner does (unless JAXCNN_KEEP_FREED_MEMORY=0); loaded by path, so that this
+    # process imports neither jaxcnn's package nor JAX.
+    loader = importlib.util.spec_from_file_location("_memory", ROOT / "jaxcnn" / "memory.py")
+    memory = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(memory)
+    memory.keep_freed_memory()
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -204,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--default-malloc", action="store_true",
+                   help="glibc's default malloc for both (default: both keep freed memory, "
+                        "jaxcnn.memory.keep_freed_memory, which the runner applies)")
     p.add_argument("--torch-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.torch_worker:
@@ -221,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
           f"({os.cpu_count()} threads)")
     print(f"command: time_to_accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"target: test accuracy >= {args.target}; data: {folder}")
-    print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min)", flush=True)
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min)")
+    print("malloc: " + ("glibc's default" if args.default_malloc else "keeps freed memory in "
+                        "both (jaxcnn.memory.keep_freed_memory)"), flush=True)
     results: dict[str, list] = {"jaxcnn": [], "jaxcnn (cached)": [], "torch": []}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -233,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
             env = {k: v for k, v in os.environ.items()
                    if not k.startswith("JAX_COMPILATION_CACHE")}
             env.update(JAXCNN_CACHE=str(cache), JAXCNN_DATA=str(folder))
+            if args.default_malloc:
+                env["JAXCNN_KEEP_FREED_MEMORY"] = "0"  # jaxcnn.memory.ENV_VAR
             runner_cmd = [sys.executable, str(ROOT / "experiments" / "mnist_lenet5.py"),
                           "--runs-dir", str(tmp / "runs")]
             jobs = [("jaxcnn", runner_cmd), ("jaxcnn (cached)", runner_cmd),
