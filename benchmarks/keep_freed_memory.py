@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default="lenet5,simple_cnn")
     p.add_argument("--batches", default="128,1024")
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--images", type=int, default=5120,
+    p.add_argument("--images", type=int, default=20480,
                    help="images per epoch (rounded down to whole batches)")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per case and process")
     p.add_argument("--child", choices=("keep", "default"), help=argparse.SUPPRESS)

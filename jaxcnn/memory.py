@@ -3,13 +3,12 @@
 Why: XLA's CPU runtime allocates each compiled call's buffers afresh, and its fused operations
 allocate scratch at every step. glibc's ``malloc`` serves the large ones with a fresh ``mmap``
 and hands them back with ``munmap`` on ``free``, so the next call touches new pages and pays a
-page fault for each 4 KiB of them. With :func:`keep_freed_memory`, in the runner's compiled
-calls of 20 steps on a 2-core AVX-512 EPYC: simple_cnn at batch 128 went from 757 to 189 page
-faults a step and trained 4% faster, lenet5 2% (batch 128) and 8% (batch 1024); simple_cnn at
-batch 1024 kept its faults and its speed (``benchmarks/keep_freed_memory.py``; why, in
-``benchmarks/README.md``). The
-usual cure is a caching allocator (jemalloc or tcmalloc, preloaded); this gets part of its
-effect from glibc itself, with ``mallopt``.
+page fault for each 4 KiB of them. With :func:`keep_freed_memory`, in compiled calls of 20
+steps as the runner makes them, on a 2-core AVX-512 EPYC: lenet5 at batch 128 went from 1,146
+to 35 page faults a step and trained 28% faster, simple_cnn 9%; at batch 1024 lenet5 7% and
+simple_cnn 1%, which kept its faults (``benchmarks/keep_freed_memory.py``; why, in
+``benchmarks/README.md``). The usual cure is a caching allocator (jemalloc or tcmalloc,
+preloaded); this gets part of its effect from glibc itself, with ``mallopt``.
 """
 
 from __future__ import annotations
@@ -36,7 +35,8 @@ def keep_freed_memory() -> bool:
     process keeps its peak heap instead of returning freed memory to the system.
 
     Returns whether it applied: False off Linux, with another C library (musl), or when
-    ``JAXCNN_KEEP_FREED_MEMORY=0``. Calling it again does nothing more.
+    ``JAXCNN_KEEP_FREED_MEMORY=0``. Calling it again does nothing more. With another allocator
+    preloaded (jemalloc, tcmalloc) glibc's settings are moot: it still returns True.
     """
     global _applied
     if _applied:
@@ -50,5 +50,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    # The trim threshold first: should the second call fail, nothing has changed how large
+    # blocks are served.
+    _applied = bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mallopt(_M_MMAP_MAX, 0))
     return _applied

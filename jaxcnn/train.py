@@ -15,6 +15,7 @@ an uninterrupted run draws.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -49,19 +50,27 @@ def cpu_slice_rows(features: Mapping[str, bool] | None = None) -> int:
     """Rows per slice that ``batch_slices="auto"`` aims at on this CPU: 32 with AVX-512, else
     16. A core with wider vectors finishes a slice's operations sooner, so their fixed cost
     weighs more and larger slices win (benchmarks/README.md, item 8: on a 2-core AVX-512
-    EPYC, 32 rows trained 5-11% faster than 16; on a 2-core AVX2 EPYC, 16 rows were faster).
+    EPYC, 32 rows trained 5-13% faster than 16; on a 2-core AVX2 EPYC, 16 rows were faster).
     ``features``: NumPy's runtime CPU feature table (the host's when None)."""
     if features is None:
-        try:
-            from numpy._core._multiarray_umath import __cpu_features__ as features
-        except ImportError:  # a NumPy without that table: assume the narrower vectors
-            features = {}
+        features = _numpy_cpu_features()
     return 32 if features.get("AVX512F") else 16
 
 
-#: ``batch_slices="auto"`` on the CPU: slices of at least this many rows (the largest power of
-#: two of slices that leaves this many each, from 4 slices up to :data:`CPU_MAX_SLICES`):
-#: :func:`cpu_slice_rows` of the host.
+def _numpy_cpu_features() -> Mapping[str, bool]:
+    """NumPy's runtime CPU feature table (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x);
+    empty where neither has it, which means the narrower vectors."""
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            return importlib.import_module(module).__cpu_features__
+        except (ImportError, AttributeError):
+            continue
+    return {}
+
+
+#: ``batch_slices="auto"`` on the CPU aims at this many rows a slice (the largest power of two
+#: of slices that leaves this many each, from 4 slices up to :data:`CPU_MAX_SLICES`; a batch of
+#: 64-127 gets 4 smaller ones): :func:`cpu_slice_rows` of the host.
 CPU_SLICE_ROWS = cpu_slice_rows()
 #: The most slices ``batch_slices="auto"`` takes; larger batches get larger slices.
 CPU_MAX_SLICES = 16

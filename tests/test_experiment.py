@@ -47,6 +47,13 @@ def full_run(tmp_path_factory):
     return result, memory
 
 
+def test_the_runner_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(experiment.memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    experiment.run(_tiny(tmp_path, epochs=1), progress=False)
+    assert calls == ([1] if jax.default_backend() == "cpu" else [])
+
+
 def _raw_scalar_steps(run_dir) -> dict[str, list[int]]:
     """Every scalar (tag, step) in every event file of ``run_dir``, without purging."""
     steps: dict[str, list[int]] = {}

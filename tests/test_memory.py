@@ -15,6 +15,7 @@ import ctypes, resource, sys
 from jaxcnn import memory
 applied = memory.keep_freed_memory() if sys.argv[1] == "keep" else None
 libc = ctypes.CDLL(None)
+libc.prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: count 4 KiB pages, whatever the THP setting
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
 def touch():  # as XLA's buffers: plain malloc (NumPy would ask for huge pages)
@@ -26,9 +27,11 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(mode: str, **env: str) -> tuple[str, int]:
+def _faults(mode: str) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))
+           and k not in ("LD_PRELOAD", memory.ENV_VAR)}  # glibc's defaults in the probe
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
-                         check=True, env={**os.environ, **env}).stdout.split()
+                         check=True, env=env).stdout.split()
     return out[0], int(out[1])
 
 
