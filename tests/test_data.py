@@ -599,6 +599,19 @@ def test_channel_stats_and_normalize():
     np.testing.assert_allclose(z.std(axis=(0, 1, 2)), 1.0, atol=1e-5)
 
 
+def test_channel_stats_over_several_blocks_of_rows_match_float64():
+    # 2**18 rows a block: 300,000 pixels of 3 channels take two, with a remainder. A large mean
+    # and a small spread, where a one-pass sum of squares would lose the variance.
+    rng = np.random.default_rng(1)
+    x = rng.normal(1000.0, 0.01, size=(3000, 10, 10, 3)).astype(np.float32)
+    mean, std = data.channel_stats(x)
+    flat = x.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(mean, flat.mean(axis=0), rtol=1e-7)
+    np.testing.assert_allclose(std, flat.std(axis=0), rtol=1e-5)
+    with pytest.raises(ValueError, match="channel_stats: images is empty"):
+        data.channel_stats(np.zeros((0, 2, 2, 1), np.float32))
+
+
 def test_normalize_refuses_zero_std():
     x = np.ones((4, 2, 2, 2), np.float32)
     mean, std = data.channel_stats(x)
