@@ -36,14 +36,23 @@ def _value(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
-def build(model_name: str, batch: int, slices, x: np.ndarray, y: np.ndarray):
-    """A function of the epoch number that runs one compiled epoch over (x, y), compiled and
-    warmed up."""
+def random_data(batch: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` batches of random 28x28x1 images and labels, the same for every call."""
+    rng = np.random.default_rng(0)
+    x = rng.random((batch * steps, 28, 28, 1), np.float32)
+    return x, rng.integers(0, 10, batch * steps).astype(np.int32)
+
+
+def build(model_name: str, batch: int, slices, x: np.ndarray, y: np.ndarray,
+          steps_per_call: int | None = None):
+    """A function of the epoch number that runs one compiled epoch over (x, y) (SGD with
+    momentum; ``steps_per_call`` as in ``train.make_epoch_fn``), compiled and warmed up."""
     model = getattr(models, model_name)()
     opt = optax.sgd(0.01, momentum=0.9)
     step = train_lib.make_train_step(model, softmax_cross_entropy, opt, jit=False,
                                      batch_slices=slices)
-    epoch = train_lib.make_epoch_fn(step, x, y, batch, driver="scan")
+    epoch = train_lib.make_epoch_fn(step, x, y, batch, driver="scan",
+                                    steps_per_call=steps_per_call)
     ts = train_lib.create_train_state(model, opt, jax.random.key(0), (None, 28, 28, 1))
     jax.block_until_ready(epoch(ts, seed=0, epoch=0))
     return lambda e: jax.block_until_ready(epoch(ts, seed=0, epoch=e))
@@ -70,9 +79,7 @@ def main(argv=None) -> None:
         for batch in [int(b) for b in args.batches.split(",") if b.strip()]:
             steps = args.steps or max(2, 2560 // batch)
             # One copy of the data for every value, so that they differ in their program only.
-            rng = np.random.default_rng(0)
-            x = rng.random((batch * steps, 28, 28, 1), np.float32)
-            y = rng.integers(0, 10, batch * steps).astype(np.int32)
+            x, y = random_data(batch, steps)
             runs = {v: build(model_name, batch, v, x, y) for v in values}
             secs = {v: [] for v in values}
             for k in range(args.passes):

@@ -126,9 +126,8 @@ def main(argv=None):
         gs = jax.random.normal(keys[2], (r, n, ho, wo, cout))
         flops = 2.0 * n * ho * wo * k * k * cin * cout
         chosen = cc.plan_for((n, h, w, cin), (k, k, cin, cout))
-        pick = {"fwd": _name(chosen.fwd, chosen.split if chosen.fwd == "lax" else 1),
-                "dX": _name(chosen.dx, chosen.split if chosen.dx == "conv" else 1),
-                "dW": _name(chosen.dw, chosen.split if chosen.dw == "conv" else 1)}
+        pick = {piece: _name(form, chosen.split if len(SPLITS[form]) > 1 else 1)
+                for piece, form in (("fwd", chosen.fwd), ("dX", chosen.dx), ("dW", chosen.dw))}
         fns = {}
         for (piece, form), fn in pieces(h, w, cin, cout, k, padding).items():
             for mode in modes:

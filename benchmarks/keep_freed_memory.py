@@ -22,22 +22,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(models_: list[str], batches: list[int], images: int, epochs: int, keep: bool) -> None:
     import resource
 
-    sys.path.insert(0, str(ROOT))
-    import jax
-    import numpy as np
-    import optax
+    from batch_slices import build, random_data  # this folder's; it imports jaxcnn
 
-    from jaxcnn import memory, models
-    from jaxcnn import train as train_lib
-    from jaxcnn.losses import softmax_cross_entropy
+    from jaxcnn import memory
 
     applied = memory.keep_freed_memory() if keep else False
     out = {"applied": applied}
@@ -45,17 +37,10 @@ def child(models_: list[str], batches: list[int], images: int, epochs: int, keep
         for batch in batches:
             steps = max(2, images // batch)
             n = steps * batch
-            rng = np.random.default_rng(0)
-            x = rng.random((n, 28, 28, 1), np.float32)
-            y = rng.integers(0, 10, n).astype(np.int32)
-            model, opt = getattr(models, name)(), optax.sgd(0.01, momentum=0.9)
-            step = train_lib.make_train_step(model, softmax_cross_entropy, opt, jit=False)
-            run = train_lib.make_epoch_fn(step, x, y, batch, driver="scan", steps_per_call=20)
-            ts = train_lib.create_train_state(model, opt, jax.random.key(0), (None, 28, 28, 1))
-            jax.block_until_ready(run(ts, seed=0, epoch=0))
+            run = build(name, batch, "auto", *random_data(batch, steps), steps_per_call=20)
             faults, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
             for e in range(epochs):
-                jax.block_until_ready(run(ts, seed=0, epoch=e + 1))
+                run(e + 1)
             secs = time.perf_counter() - t
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
             out[f"{name}:{batch}"] = [epochs * n / secs, faults / (epochs * steps)]
