@@ -227,3 +227,24 @@ def test_groups_accept_only_the_grouped_plan():
     with pytest.raises(ValueError, match="groups > 1 supports only"):
         _mine(x, w, CASES[7], cc.Plan("taps", "conv", "gemm"))
     _mine(x, w, CASES[7], cc.Plan("lax", "conv", "gemm", 3))  # any split
+
+
+
+def test_applied_outside_jit_the_convolution_is_one_compiled_call(caplog):
+    """Outside ``jax.jit`` (a notebook, ``jax.grad`` of a plain function) the taps of a 1-channel
+    11x11 kernel ran as separately compiled operations (145 compilations here, 11 s the first
+    time at 128x128); now the forward compiles once and its gradient a few times (12 in all,
+    with the loss around it). An outer ``jit`` still sees the operations themselves (the body
+    is inlined), not a nested call."""
+    case = ("eager", (1, 23, 21, 1), (11, 11), 2, (2, 1), ((5, 5), (5, 5)), (1, 1), 1)
+    x, w = (jnp.asarray(_rng("eager", k).uniform(-1, 1, s), jnp.float32)
+            for k, s in (("x", case[1]), ("w", (11, 11, 1, 2))))
+    with jax.log_compiles(), caplog.at_level("WARNING", logger="jax"):
+        y = _mine(x, w, case)
+        g = jax.grad(lambda w: jnp.sum(_mine(x, w, case) ** 2))(w)
+    compiles = [r.getMessage()[:90] for r in caplog.records if "Compiling" in r.getMessage()]
+    assert len(compiles) <= 16 and any("jit(_conv)" in c for c in compiles), compiles
+    np.testing.assert_allclose(y, _lax(x, w, case), **TOL)
+    want = jax.grad(lambda w: jnp.sum(_lax(x, w, case) ** 2))(w)
+    np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)
+    assert "pjit" not in str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(_mine(x, w, case))))(w))
