@@ -16,8 +16,10 @@ an uninterrupted run draws.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -30,12 +32,13 @@ from jaxcnn import data as data_lib
 from jaxcnn._types import Array, Key, Params, Shape, State
 from jaxcnn.layers import Layer, layer_info
 from jaxcnn.losses import accuracy, softmax_cross_entropy
+from jaxcnn.summarize import summary
 
 __all__ = [
-    "CPU_MAX_SLICES", "CPU_MIN_SLICED_BATCH", "CPU_SLICE_ROWS", "EarlyStopping", "TrainState",
-    "batch_slices_for", "cpu_slice_rows", "create_train_state", "data_parallel_mesh",
-    "evaluate", "fit", "learning_rate", "make_epoch_fn", "make_eval_step", "make_train_step",
-    "should_stop",
+    "CPU_L2_BYTES", "CPU_MAX_SLICES", "CPU_MIN_SLICED_BATCH", "CPU_SLICE_ROWS",
+    "EarlyStopping", "TrainState", "batch_slices_for", "cpu_l2_cache_bytes", "cpu_slice_rows",
+    "create_train_state", "data_parallel_mesh", "evaluate", "fit", "learning_rate",
+    "make_epoch_fn", "make_eval_step", "make_train_step", "should_stop", "slice_rows",
 ]
 
 LossFn = Callable[..., Array]
@@ -68,10 +71,48 @@ def _numpy_cpu_features() -> Mapping[str, bool]:
     return {}
 
 
+def cpu_l2_cache_bytes(root: str | os.PathLike[str] = "/sys/devices/system/cpu/cpu0/cache",
+                       ) -> int | None:
+    """The per-core L2 cache of the first CPU in bytes, from Linux's sysfs; None where it is not
+    there (another OS, a container that hides it) or cannot be read."""
+    for index in sorted(Path(root).glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip()
+                                 for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data"):
+            scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(size[-1:].upper(), 1)
+            digits = size[:-1] if scale > 1 else size
+            return int(digits) * scale if digits.isdigit() else None
+    return None
+
+
+def slice_rows(example_bytes: int, l2_bytes: int | None) -> int:
+    """Rows per slice that ``batch_slices="auto"`` aims at for a model whose largest activation
+    (a layer's output, float32) takes ``example_bytes`` per example, on a core with
+    ``l2_bytes`` of L2 cache: 16 when 16 rows of it fit in L2 and 32 rows would not, else 32.
+
+    Why: while a slice's activations stay in the core's L2 cache, the element-wise work between
+    its convolutions (bias, ReLU, pooling and their gradients) runs from the cache, so slices
+    as large as fit win; once they cannot fit even at 16 rows, larger slices win by running
+    fewer, larger operations. Measured on three 2-core machines (``benchmarks/README.md``,
+    item 10): LeNet-5 (18.8 KB per example at conv1) trains fastest at 16 rows on 512 KB of L2
+    and at 32 rows on 1 MB; simple_cnn (100 KB per example) at 32 rows on both.
+    ``l2_bytes`` None (unknown): :data:`CPU_SLICE_ROWS`, the rule by vector width."""
+    if not l2_bytes or example_bytes <= 0:
+        return CPU_SLICE_ROWS
+    return 16 if 16 * example_bytes <= l2_bytes < 32 * example_bytes else 32
+
+
 #: ``batch_slices="auto"`` on the CPU aims at this many rows a slice (the largest power of two
 #: of slices that leaves this many each, from 4 slices up to :data:`CPU_MAX_SLICES`; a batch of
-#: 64-127 gets 4 smaller ones): :func:`cpu_slice_rows` of the host.
+#: 64-127 gets 4 smaller ones) where the L2 cache or the input's shape is unknown:
+#: :func:`cpu_slice_rows` of the host. Else :func:`slice_rows` decides.
 CPU_SLICE_ROWS = cpu_slice_rows()
+#: The per-core L2 cache of the host (:func:`cpu_l2_cache_bytes`), which :func:`slice_rows`
+#: sizes the slices by; None where unknown.
+CPU_L2_BYTES = cpu_l2_cache_bytes()
 #: The most slices ``batch_slices="auto"`` takes; larger batches get larger slices.
 CPU_MAX_SLICES = 16
 #: ``batch_slices="auto"`` leaves smaller batches whole: they gained nothing from slices.
@@ -130,32 +171,44 @@ def _not_per_example(layer: Layer, path: tuple[str, ...] = ()) -> str:
     return f"layer {'/'.join(path) or info.name or info.base!r} ({info.kind})"
 
 
-def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "auto") -> int:
+def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "auto",
+                     in_shape: Shape | None = None) -> int:
     """How many slices :func:`make_train_step` computes a batch of ``batch_size`` in.
 
     ``"auto"``: from batch 64 on, when jaxcnn's CPU convolution is on
     (:func:`jaxcnn._conv_cpu.enabled`: JAX's default backend is the CPU, or
     ``JAXCNN_CONV_IMPL=cpu``), there is one device in all, and the model is per-example
     (:class:`jaxcnn.layers.LayerInfo`), the largest power of two of slices with at least
-    :data:`CPU_SLICE_ROWS` rows each, at least 4 and at most :data:`CPU_MAX_SLICES`. With 16
-    rows (AVX2): 4 for batch 64-127, 8 for 128-255, 16 from 256 on; with 32 rows (AVX-512): 4
-    for batch 64-255, 8 for 256-511, 16 from 512 on. Slices of 64 rows or more split each of
-    their convolutions once more, in 4 (:func:`jaxcnn._conv_cpu.plan_for`). Else 1. An int is
-    used as given (at most the batch);
+    :func:`slice_rows` rows each (16 or 32, by the model's largest activation on the input
+    ``in_shape`` and the host's L2 cache; :data:`CPU_SLICE_ROWS` where either is unknown), at
+    least 4 and at most :data:`CPU_MAX_SLICES`. With 16 rows: 4 for batch 64-127, 8 for
+    128-255, 16 from 256 on; with 32 rows: 4 for batch 64-255, 8 for 256-511, 16 from 512 on.
+    Slices of 64 rows or more split each of their convolutions once more, in 4
+    (:func:`jaxcnn._conv_cpu.plan_for`). Else 1. An int is used as given (at most the batch);
     with a batch sharded over several devices its slices would cut across the shards, which
-    costs transfers between devices, so keep ``"auto"`` there.
+    costs transfers between devices, so keep ``"auto"`` there. ``in_shape``: the input's
+    shape, batch first (None allowed), as :func:`make_train_step` sees it.
     """
     _check_batch_slices(model, batch_slices)
-    return _slice_count(model, batch_size, batch_slices)
+    return _slice_count(model, batch_size, batch_slices, in_shape)
 
 
-def _slice_count(model: Layer, batch_size: int, batch_slices: int | str) -> int:
+def _largest_activation_bytes(model: Layer, in_shape: Shape) -> int:
+    """Bytes per example of the model's largest layer output (or input), in float32."""
+    return 4 * max(row.neurons for row in summary(model, (None, *in_shape[1:])).rows)
+
+
+def _slice_count(model: Layer, batch_size: int, batch_slices: int | str,
+                 in_shape: Shape | None = None) -> int:
     """:func:`batch_slices_for` for an already checked ``batch_slices``."""
     if batch_slices == "auto":
         # at least 4 slices: fewer left a core idle (benchmarks/README.md, items 6 to 8)
         if (batch_size >= CPU_MIN_SLICED_BATCH and layer_info(model).per_example
                 and _conv_cpu.enabled() and jax.device_count() == 1):
-            fit = max(1, int(batch_size) // CPU_SLICE_ROWS)
+            rows = CPU_SLICE_ROWS
+            if in_shape is not None and CPU_L2_BYTES:
+                rows = slice_rows(_largest_activation_bytes(model, in_shape), CPU_L2_BYTES)
+            fit = max(1, int(batch_size) // rows)
             return min(CPU_MAX_SLICES, max(4, 1 << (fit.bit_length() - 1)))
         return 1
     return max(1, min(int(batch_slices), batch_size))
@@ -199,7 +252,7 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     _check_batch_slices(model, batch_slices)
 
     def forward(params, state, images, key):
-        slices = _slice_count(model, images.shape[0], batch_slices)  # checked above
+        slices = _slice_count(model, images.shape[0], batch_slices, images.shape)  # checked
         if slices == 1:
             return model.apply(params, state, images, key=key, train=True)
         # A per-example model has no batch statistics to update: its state stays as it is.

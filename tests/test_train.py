@@ -272,6 +272,7 @@ def test_cpu_slice_rows_follow_the_vector_width():
 def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch, rows, table):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")  # as on a CPU, whatever runs the tests
     monkeypatch.setattr(train, "CPU_SLICE_ROWS", rows)
+    monkeypatch.setattr(train, "CPU_L2_BYTES", None)  # the rule by vector width alone
     lenet = models.lenet5()
     assert train.CPU_MAX_SLICES == 16 and train.CPU_MIN_SLICED_BATCH == 64
     for batch, slices in table:
@@ -286,13 +287,54 @@ def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch, row
     assert train.batch_slices_for(lenet, 128) == 1
 
 
-@pytest.mark.parametrize(("n", "batch_slices", "sizes"), [
-    (64, "auto", [16, 16, 16, 16]), (66, "auto", [16, 17, 16, 17]), (63, "auto", [63]),
-    (128, "auto", [16] * 8),
-    (64, 1, [64]), (10, 3, [3, 3, 4])])
-def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, sizes):
+def test_slice_rows_follow_the_l2_cache(monkeypatch):
+    # lenet5's conv1 output, 28 x 28 x 6 float32, and simple_cnn's, 28 x 28 x 32
+    lenet_b, simple_b = 28 * 28 * 6 * 4, 28 * 28 * 32 * 4
+    assert train.slice_rows(lenet_b, 512 * 1024) == 16  # 301 KB fit, 602 KB would not
+    assert train.slice_rows(lenet_b, 1024**2) == 32  # 602 KB fit
+    assert train.slice_rows(simple_b, 512 * 1024) == 32  # 16 rows (1.6 MB) do not fit either
+    assert train.slice_rows(simple_b, 1024**2) == 32
+    assert train.slice_rows(lenet_b, None) == train.CPU_SLICE_ROWS  # unknown: by vector width
+    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
+    shape = (None, 28, 28, 1)
+    for l2, want in ((512 * 1024, {"lenet5": (4, 8, 16, 16), "simple_cnn": (4, 4, 8, 16)}),
+                     (1024**2, {"lenet5": (4, 4, 8, 16), "simple_cnn": (4, 4, 8, 16)})):
+        monkeypatch.setattr(train, "CPU_L2_BYTES", l2)
+        for name, slices in want.items():
+            model = getattr(models, name)()
+            assert train._largest_activation_bytes(model, shape) == (
+                lenet_b if name == "lenet5" else simple_b)
+            got = tuple(train.batch_slices_for(model, b, in_shape=shape)
+                        for b in (64, 128, 256, 1024))
+            assert got == slices, (l2, name)
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"index0": ("1", "Data", "32K"), "index1": ("1", "Instruction", "64K"),
+      "index2": ("2", "Unified", "512K"), "index3": ("3", "Unified", "8192K")}, 512 * 1024),
+    ({"index2": ("2", "Unified", "1M")}, 1024**2),
+    ({"index0": ("1", "Data", "48K")}, None), ({}, None),
+    ({"index2": ("2", "Unified", "big")}, None)])
+def test_cpu_l2_cache_bytes_reads_sysfs(tmp_path, files, expected):
+    for index, values in files.items():
+        (tmp_path / index).mkdir()
+        for name, value in zip(("level", "type", "size"), values, strict=True):
+            (tmp_path / index / name).write_text(value + "\n")
+    assert train.cpu_l2_cache_bytes(tmp_path) == expected
+    host = train.cpu_l2_cache_bytes()
+    assert host is None or (host > 0 and host % 1024 == 0)
+
+
+@pytest.mark.parametrize(("n", "batch_slices", "l2", "sizes"), [
+    (64, "auto", None, [16, 16, 16, 16]), (66, "auto", None, [16, 17, 16, 17]),
+    (63, "auto", None, [63]), (128, "auto", None, [16] * 8),
+    # the input, 3 float32 per example, is the largest activation: 16 rows fit in 192 bytes
+    (128, "auto", 192, [16] * 8), (128, "auto", 384, [32] * 4), (128, "auto", 100, [32] * 4),
+    (64, 1, None, [64]), (10, 3, None, [3, 3, 4])])
+def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, l2, sizes):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
     monkeypatch.setattr(train, "CPU_SLICE_ROWS", 16)  # the AVX2 rule, whatever the host
+    monkeypatch.setattr(train, "CPU_L2_BYTES", l2)
     seen = []
     spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
     model = layers.serial(spy, layers.Flatten(), layers.Dense(2))
@@ -300,8 +342,9 @@ def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, siz
     ts = train.create_train_state(model, opt, jax.random.key(0), (None, 3))
     step = train.make_train_step(model, losses.softmax_cross_entropy, opt,
                                  batch_slices=batch_slices)
+    seen.clear()
     step(ts, (jnp.ones((n, 3)), jnp.zeros((n,), jnp.int32)))
-    assert seen[-len(sizes):] == sizes and len(seen) == len(sizes) + 1  # + init's trace
+    assert [s for s in seen if s != 1] == sizes  # 1: the shape-only traces of init and summary
 
 
 def test_batch_slices_refuse_models_that_mix_examples():
