@@ -115,6 +115,8 @@ def _init_abstract(layer: Layer, in_shape: Shape):
 def _geometry(info, in_shape, out_shape, rf, jump):
     if rf is None:
         return None, None
+    if jump is None:  # after a global layer every output already sees the whole input
+        return rf, None
     if info.window is not None:
         rf = tuple(r + d * (k - 1) * j for r, k, d, j in
                    zip(rf, info.window, info.dilation, jump, strict=True))

@@ -15,6 +15,7 @@ an uninterrupted run draws.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable, Mapping
@@ -187,15 +188,33 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     (:func:`jaxcnn._conv_cpu.plan_for`). Else 1. An int is used as given (at most the batch);
     with a batch sharded over several devices its slices would cut across the shards, which
     costs transfers between devices, so keep ``"auto"`` there. ``in_shape``: the input's
-    shape, batch first (None allowed), as :func:`make_train_step` sees it.
+    shape, batch first (None allowed); :func:`make_train_step` passes the batch's shape, so
+    pass it too to get the count the step uses (without it, :data:`CPU_SLICE_ROWS` rows).
     """
     _check_batch_slices(model, batch_slices)
     return _slice_count(model, batch_size, batch_slices, in_shape)
 
 
-def _largest_activation_bytes(model: Layer, in_shape: Shape) -> int:
-    """Bytes per example of the model's largest layer output (or input), in float32."""
-    return 4 * max(row.neurons for row in summary(model, (None, *in_shape[1:])).rows)
+def _largest_activation_bytes(model: Layer, in_shape: Shape) -> int | None:
+    """Bytes per example of the model's largest layer output (or input), in float32; None
+    where :func:`jaxcnn.summary` cannot walk the model (then the slices follow
+    :data:`CPU_SLICE_ROWS`: a speed heuristic must never stop a model that trains).
+
+    Remembered per model and shape, so an unjitted step does not walk the model each call."""
+    try:
+        return _largest_activation_cached(model, tuple(in_shape))
+    except TypeError:  # a model that cannot be hashed: walk it each time
+        return _largest_activation_uncached(model, tuple(in_shape))
+
+
+def _largest_activation_uncached(model: Layer, in_shape: Shape) -> int | None:
+    try:
+        return 4 * max(row.neurons for row in summary(model, in_shape).rows)
+    except Exception:  # noqa: BLE001 -- any failure of the walk means "unknown"
+        return None
+
+
+_largest_activation_cached = functools.lru_cache(maxsize=64)(_largest_activation_uncached)
 
 
 def _slice_count(model: Layer, batch_size: int, batch_slices: int | str,
@@ -207,7 +226,9 @@ def _slice_count(model: Layer, batch_size: int, batch_slices: int | str,
                 and _conv_cpu.enabled() and jax.device_count() == 1):
             rows = CPU_SLICE_ROWS
             if in_shape is not None and CPU_L2_BYTES:
-                rows = slice_rows(_largest_activation_bytes(model, in_shape), CPU_L2_BYTES)
+                example_bytes = _largest_activation_bytes(model, in_shape)
+                if example_bytes is not None:
+                    rows = slice_rows(example_bytes, CPU_L2_BYTES)
             fit = max(1, int(batch_size) // rows)
             return min(CPU_MAX_SLICES, max(4, 1 << (fit.bit_length() - 1)))
         return 1

@@ -288,6 +288,22 @@ def test_random_stacks_rows_match_prefix_models(seed):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_windows_after_a_global_layer_keep_the_whole_input_as_receptive_field():
+    """Spatial again after global pooling (a squeeze-excite style 1x1 conv): every output
+    already sees the whole input, so the field stays and the jump is unknown."""
+    net = L.serial(L.Conv(4, 3), L.GlobalAvgPool(),
+                   L.Lambda(lambda x: x[:, None, None, :], per_example=True),
+                   L.Conv(2, 1), L.MaxPool(1), L.Flatten())
+    rows = summary(net, (None, 10, 12, 1)).rows
+    assert [(r.kind, r.out_shape, r.receptive_field, r.jump) for r in rows[2:]] == [
+        ("GlobalAvgPool", (None, 4), (3 + 7, 3 + 9), None),
+        ("Lambda", (None, 1, 1, 4), (10, 12), None),
+        ("Conv", (None, 1, 1, 2), (10, 12), None),
+        ("MaxPool", (None, 1, 1, 2), (10, 12), None),
+        ("Flatten", (None, 2), (10, 12), None)]
+    assert "Conv" in str(summary(net, (None, 10, 12, 1)))
+
+
 def test_parallel_rows_and_receptive_field_is_the_largest_branch():
     net = L.serial(L.parallel(L.Conv(2, 1), L.Conv(3, 5, padding="SAME"),
                               L.serial(L.Conv(2, 3, padding="SAME"), L.MaxPool(3, stride=1,

@@ -344,7 +344,50 @@ def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, l2,
                                  batch_slices=batch_slices)
     seen.clear()
     step(ts, (jnp.ones((n, 3)), jnp.zeros((n,), jnp.int32)))
-    assert [s for s in seen if s != 1] == sizes  # 1: the shape-only traces of init and summary
+    # before the slices: at most the whole batch, traced for its shapes by summary
+    assert seen[len(seen) - len(sizes):] == sizes and set(seen[:len(seen) - len(sizes)]) <= {n}
+
+
+def test_auto_slices_fall_back_to_the_vector_rule_where_summary_cannot_walk_the_model(
+        monkeypatch):
+    """A speed heuristic must not stop a model that trains: where ``summary`` fails (a user's
+    layer it cannot walk), ``auto`` takes :data:`CPU_SLICE_ROWS` rows a slice."""
+    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
+    monkeypatch.setattr(train, "CPU_SLICE_ROWS", 32)
+    monkeypatch.setattr(train, "CPU_L2_BYTES", 192)  # would give 16 rows (see above)
+
+    def broken(*_):
+        raise TypeError("cannot walk this model")
+
+    monkeypatch.setattr(train, "summary", broken)
+    seen = []
+    spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
+    model = layers.serial(spy, layers.Flatten(), layers.Dense(2))
+    opt = optax.sgd(0.1)
+    ts = train.create_train_state(model, opt, jax.random.key(0), (None, 3))
+    assert train.batch_slices_for(model, 128, in_shape=(128, 3)) == 4
+    seen.clear()
+    ts, _ = train.make_train_step(model, losses.softmax_cross_entropy, opt)(
+        ts, (jnp.ones((128, 3)), jnp.zeros((128,), jnp.int32)))
+    assert seen == [32] * 4
+
+
+def test_auto_slices_train_a_model_that_is_spatial_again_after_global_pooling(monkeypatch):
+    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
+    monkeypatch.setattr(train, "CPU_L2_BYTES", 512 * 1024)
+    model = layers.serial(layers.Conv(4, 3), layers.Relu(), layers.GlobalAvgPool(),
+                          layers.Lambda(lambda x: x[:, None, None, :], per_example=True),
+                          layers.Conv(3, 1), layers.Flatten())
+    opt = optax.sgd(0.1)
+    x = jax.random.normal(jax.random.key(1), (64, 6, 6, 1))
+    y = jnp.arange(64) % 3
+    ts = train.create_train_state(model, opt, jax.random.key(0), (None, 6, 6, 1))
+    loss = lambda p: losses.softmax_cross_entropy(model.apply(p, {}, x)[0], y)  # noqa: E731
+    want = jax.tree.map(lambda p, g: p - 0.1 * g, ts.params, jax.grad(loss)(ts.params))
+    assert train.batch_slices_for(model, 64, in_shape=x.shape) == 4
+    got, _ = train.make_train_step(model, losses.softmax_cross_entropy, opt)(ts, (x, y))
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_slices_refuse_models_that_mix_examples():
