@@ -658,7 +658,9 @@ def normalize(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarr
             f"{np.flatnonzero(np.atleast_1d(bad)).tolist()}, which would divide by zero; drop "
             f"constant channels or pass std 1 for them."
         )
-    return (images - mean) / std
+    out = np.subtract(images, mean)  # one new array, divided in place: half the page faults
+    np.divide(out, std, out=out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

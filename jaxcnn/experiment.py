@@ -427,9 +427,32 @@ class _Data:
     info: data_lib.DatasetInfo
 
 
+def _import_in_background(module: str) -> threading.Thread:
+    """Start importing ``module`` on a daemon thread; join it before relying on the import.
+
+    Why: the validation split needs scikit-learn, whose import (about 1 s on a 2-core machine,
+    SciPy included) otherwise follows the dataset's reading in every launch; reading, checking
+    and decompressing the files release the GIL, so the two overlap (benchmarks/README.md,
+    compilation cache). A failed import is left to the import that follows, which raises it.
+    """
+    def target() -> None:
+        try:
+            __import__(module)
+        except BaseException:  # noqa: BLE001 - the caller's own import reports it
+            pass
+
+    thread = threading.Thread(target=target, name=f"import {module}", daemon=True)
+    thread.start()
+    return thread
+
+
 def _load_data(config: Config) -> _Data:
+    prefetch = (_import_in_background("sklearn.model_selection") if config.val_fraction > 0
+                else None)
     splits = data_lib.load(config.dataset, data_dir=config.data_dir)
     train_split, val = splits.train, None
+    if prefetch is not None:
+        prefetch.join()
     if config.val_fraction > 0:
         train_split, val = data_lib.train_val_split(splits.train, config.val_fraction,
                                                     seed=config.seed)

@@ -593,8 +593,11 @@ def test_channel_stats_and_normalize():
     for c in range(3):
         assert mean[c] == pytest.approx(x[..., c].mean(), rel=1e-5)
         assert std[c] == pytest.approx(x[..., c].std(), rel=1e-5)
+    x0 = x.copy()
     z = data.normalize(x, mean, std)
     assert z.shape == x.shape and z.dtype == np.float32
+    np.testing.assert_array_equal(x, x0)  # the input is left as it was
+    np.testing.assert_array_equal(z, (x0 - mean) / std)
     np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(z.std(axis=(0, 1, 2)), 1.0, atol=1e-5)
 

@@ -4,6 +4,7 @@ import io
 import json
 import math
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -383,3 +384,18 @@ def test_tensorboard_server_shows_a_run_folder(full_run, tmp_path):
         assert step == last
         np.testing.assert_array_equal(np.asarray(got.convert("L")),
                                       np.round(np.asarray(want)[..., 0] * 255).astype(np.uint8))
+
+
+def test_import_in_background_imports_and_leaves_failures_to_the_caller(tmp_path, monkeypatch):
+    (tmp_path / "jaxcnn_bg_ok.py").write_text("VALUE = 7\n")
+    (tmp_path / "jaxcnn_bg_bad.py").write_text("raise RuntimeError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("jaxcnn_bg_ok", "jaxcnn_bg_bad"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    experiment._import_in_background("jaxcnn_bg_ok").join(timeout=30)
+    assert sys.modules["jaxcnn_bg_ok"].VALUE == 7
+    thread = experiment._import_in_background("jaxcnn_bg_bad")
+    thread.join(timeout=30)
+    assert not thread.is_alive() and "jaxcnn_bg_bad" not in sys.modules
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        __import__("jaxcnn_bg_bad")
