@@ -453,7 +453,6 @@ def _load_data(config: Config) -> _Data:
     train_split, val = splits.train, None
     if prefetch is not None:
         prefetch.join()
-    if config.val_fraction > 0:
         train_split, val = data_lib.train_val_split(splits.train, config.val_fraction,
                                                     seed=config.seed)
     test = splits.test
