@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         _error(str(e))
         return EXIT_USAGE
-    except RunError as e:
+    except JaxcnnError as e:  # e.g. a LayerError: the model does not fit the dataset's images
         _error(str(e))
         return EXIT_FAILED
 

@@ -28,8 +28,8 @@ from typing import Any
 from jaxcnn.errors import ConfigError
 
 __all__ = [
-    "DATASETS", "DRIVERS", "MODELS", "ON_NONFINITE", "OPTIMIZERS", "RESUMABLE_KEYS", "SCHEDULES",
-    "Config", "FiltersConfig", "changed_keys", "field_types", "from_dict", "from_json",
+    "DATASETS", "DRIVERS", "MAX_SEED", "MODELS", "ON_NONFINITE", "OPTIMIZERS", "RESUMABLE_KEYS",
+    "SCHEDULES", "Config", "FiltersConfig", "changed_keys", "field_types", "from_dict", "from_json",
     "override", "to_dict", "to_json", "valid_keys",
 ]
 
@@ -39,6 +39,8 @@ DRIVERS = ("auto", "scan", "loop")
 ON_NONFINITE = ("stop", "skip")
 MODELS = ("simple_cnn", "lenet5", "vgg", "vgg_small", "resnet20")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+#: The largest seed: JAX's PRNG keys (without x64) and scikit-learn's split take 32 bits.
+MAX_SEED = 2**32 - 1
 
 #: Keys a resumed run may change without ``force``: they do not change what is computed, or
 #: (``epochs``) only extend it.
@@ -130,6 +132,9 @@ class Config:
             _check_int(name, key, getattr(self, key), 1)
         for key in ("seed", "num_feature_samples", "early_stopping_patience"):
             _check_int(name, key, getattr(self, key), 0)
+        if self.seed > MAX_SEED:  # JAX's 32-bit keys would drop the high bits: another seed's run
+            raise ConfigError(f"{name}: seed={self.seed} but it must be at most {MAX_SEED} "
+                              f"(2**32 - 1); pass a smaller --seed")
         for key in ("lr", "momentum", "weight_decay", "warmup_epochs", "loss_tolerance",
                     "decay_factor"):
             if not getattr(self, key) >= 0:

@@ -8,7 +8,9 @@ continues one from its run folder. Each run gets its own folder
 - ``config.json`` (the resolved config), ``summary.txt`` (the model table), ``run.json`` (status,
   epochs, final and best accuracy, wall time, the number of devices and processes, and when the
   first step could start: ``first_step_time``, ``time_to_first_step_s``; rewritten atomically
-  each epoch);
+  each epoch; ``status`` "failed" with the ``error`` when a run crashes). Bad input (a model
+  that does not fit the data, data that fail their checks, an impossible validation split)
+  is refused before the folder is made;
 - ``checkpoints/``: one checkpoint per epoch (:mod:`jaxcnn.checkpoint`), the newest
   ``keep_checkpoints`` and the best (by validation accuracy) kept;
 - TensorBoard event files (:class:`jaxcnn.tracking.TensorBoardWriter`), with these tags, where
@@ -31,14 +33,15 @@ continues one from its run folder. Each run gets its own folder
 
 Training runs as compiled calls of ``steps_per_call`` steps each
 (:func:`jaxcnn.train.make_epoch_fn`), whose per-step metrics stay on the device and come back
-at the epoch's end, to be logged with their global step numbers. Resuming restores the exact
-TrainState, history and data order, and opens the event writer with ``purge_step`` so the
-curves continue with no step twice: the result equals an uninterrupted run with the same seed,
-bit for bit. SIGINT or SIGTERM lets the running steps finish (at most two calls), saves a
-checkpoint in the middle of the epoch (the state, and the metrics of the epoch's steps so far,
-which are logged when the resumed run ends the epoch), flushes the events and raises
-:class:`RunInterrupted` naming the resume command (the command line exits 130 or 143); a second
-signal stops at once.
+at the epoch's end, to be logged with their global step numbers (on a terminal, each finished
+call's also come back while the next one runs, to move the epoch's progress bar). Resuming
+restores the exact TrainState, history and data order, and opens the event writer with
+``purge_step`` so the curves continue with no step twice: the result equals an uninterrupted
+run with the same seed, bit for bit. SIGINT or SIGTERM lets the running steps finish (at most
+two calls), saves a checkpoint in the middle of the epoch (the state, and the metrics of the
+epoch's steps so far, which are logged when the resumed run ends the epoch), flushes the events
+and raises :class:`RunInterrupted` naming the resume command (the command line exits 130 or
+143); a second signal stops at once.
 
 ``data_parallel`` trains over a :class:`jax.sharding.Mesh` of every device (batches split by
 rows, state replicated); ``distributed`` first joins a multi-process run
@@ -172,6 +175,9 @@ def make_run_dir(runs_dir: str | os.PathLike[str], experiment: str) -> Path:
             folder.mkdir(exist_ok=False)
         except FileExistsError:
             continue
+        except OSError as e:
+            raise RunError(f"cannot create a run folder in {parent} ({e.strerror or e}); pass "
+                           f"--runs-dir with a folder you can write") from None
         return folder
     raise RunError(f"could not create a new run folder in {parent} after 100 tries")
 
@@ -453,8 +459,15 @@ def _load_data(config: Config) -> _Data:
     train_split, val = splits.train, None
     if prefetch is not None:
         prefetch.join()
-        train_split, val = data_lib.train_val_split(splits.train, config.val_fraction,
-                                                    seed=config.seed)
+        try:
+            train_split, val = data_lib.train_val_split(splits.train, config.val_fraction,
+                                                        seed=config.seed)
+        except ValueError as e:  # too few examples on one side for every class
+            raise ConfigError(f"Config: val_fraction={config.val_fraction} cannot split the "
+                              f"{len(splits.train.labels)} training examples of "
+                              f"{config.dataset} with every class on both sides "
+                              f"({e.__cause__ or e}); pass a "
+                              f"larger --val-fraction, or 0 for no validation split") from None
     test = splits.test
     if config.normalize:
         mean, std = data_lib.channel_stats(train_split.images)
@@ -492,13 +505,13 @@ class _Trainer:
 
     def __init__(self, config: Config, run_dir: Path, *, resume_from: Path | None,
                  extra_writers: Sequence[MetricWriter], progress: bool | None,
-                 resume_note: str | None) -> None:
+                 resume_note: str | None, data: _Data | None = None) -> None:
         self.config, self.run_dir = config, run_dir
         self.ckpt_dir = run_dir / CHECKPOINTS
         self.t_start = time.perf_counter()
         self.main = _is_main(config)
         self.mesh = _data_parallel_mesh(config)
-        self.data = _load_data(config)
+        self.data = _load_data(config) if data is None else data
         self.model = build_model(config.model, self.data.info.num_classes)
         n_train = len(self.data.train.labels)
         self.steps_per_epoch = n_train // config.batch_size
@@ -565,12 +578,8 @@ class _Trainer:
         elif resume_note:
             self.writer.write_texts(self.start_step + 1, {"resume": resume_note})
         tty = sys.stderr.isatty() if progress is None else progress
-        self.bar = None
-        if tty and self.main:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=config.epochs, initial=min(self.epoch, config.epochs),
-                            desc=config.experiment, unit="epoch", dynamic_ncols=True)
+        self.show_bar = bool(tty and self.main)
+        self.bar: Any = None  # the current epoch's tqdm bar
 
     def _grads(self, params, state, images, labels):
         def loss(p):
@@ -630,14 +639,66 @@ class _Trainer:
                 wrong_x, wrong_t, wrong_p, class_names=names, max_images=_MAX_MISCLASSIFIED)
         return images
 
+    def _open_bar(self) -> Callable[[dict[str, np.ndarray]], None] | None:
+        """A tqdm bar over the steps of the epoch about to run (from where a mid-epoch
+        checkpoint left it), and the ``progress`` feed of ``run_epoch`` that moves it on and
+        shows the epoch's running loss and accuracy; None without a terminal."""
+        if not self.show_bar:
+            return None
+        from tqdm import tqdm
+
+        try:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns
+        except OSError:
+            width = 0
+        cfg = self.config
+        self.bar = tqdm(total=self.steps_per_epoch,
+                        desc=f"{cfg.experiment} epoch {self.epoch + 1}/{cfg.epochs}",
+                        unit="step", dynamic_ncols=width > 0, ncols=None if width > 0 else 100)
+        sums = np.zeros(3)  # loss, accuracy, finite steps
+
+        def feed(m: dict[str, np.ndarray]) -> None:
+            ok = np.asarray(m["finite"], bool)
+            sums[:] += (np.sum(m["loss"][ok]), np.sum(m["accuracy"][ok]), ok.sum())
+            self.bar.update(len(ok))
+            if sums[2]:
+                self.bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}",
+                                     acc=f"{sums[1] / sums[2]:.4f}", refresh=False)
+
+        if self.partial is not None:  # the steps a mid-epoch checkpoint holds
+            feed(self.partial)
+        return feed
+
+    def _close_bar(self, record: dict[str, float] | None = None) -> None:
+        if self.bar is None:
+            return
+        if record is not None:
+            self.bar.n = self.bar.total
+            self.bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                                 acc=f"{record['train_accuracy']:.4f}",
+                                 test_acc=f"{record['test_accuracy']:.4f}", refresh=False)
+        self.bar.close()
+        self.bar = None
+
     def train_epoch(self, stop: Callable[[], bool] | None = None) -> dict[str, float] | None:
         """The next epoch (or the rest of one a mid-epoch checkpoint began), its evaluation,
         logging and checkpoint; its record, or None when ``stop`` said so before the epoch's end
         (then a mid-epoch checkpoint is saved and nothing of the epoch is logged yet)."""
+        try:
+            record = self._train_epoch(stop)
+        except BaseException:
+            self._close_bar()
+            raise
+        self._close_bar(record)
+        return record
+
+    def _train_epoch(self, stop: Callable[[], bool] | None) -> dict[str, float] | None:
         cfg, begun = self.config, self.epoch_step
         start = int(self.ts.step) - begun  # the global step before the epoch's first
+        feed = self._open_bar()
         t0 = time.perf_counter()
-        ts, m = self.run_epoch(self.ts, seed=cfg.seed, epoch=self.epoch, start=begun, stop=stop)
+        ts, m = self.run_epoch(self.ts, seed=cfg.seed, epoch=self.epoch, start=begun, stop=stop,
+                               progress=feed)
         train_time = time.perf_counter() - t0
         ran = len(m["loss"])
         if self.partial is not None:
@@ -767,12 +828,7 @@ class _Trainer:
     def report(self, record: dict[str, float]) -> None:
         if not self.main:
             return
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{record['train_loss']:.4f}",
-                                 acc=f"{record['train_accuracy']:.4f}",
-                                 test_acc=f"{record['test_accuracy']:.4f}")
-        else:
+        if not self.show_bar:  # the bar of the epoch showed its record when it closed
             print(f"epoch {self.epoch}/{self.config.epochs} step {record['step']}: "
                   f"{_fmt_metrics(record)} time={record['epoch_time_s']:.1f}s", flush=True)
 
@@ -793,8 +849,7 @@ class _Trainer:
         self.writer.write_hparams(_hparams(self.config), metrics, step=int(self.ts.step))
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self._close_bar()
         self.writer.close()
 
     def result(self, completed: bool) -> RunResult:
@@ -808,6 +863,10 @@ class _Trainer:
 def _code_block(text: str) -> str:
     # Indented by four spaces: TensorBoard renders texts as Markdown, this keeps them verbatim.
     return "\n".join("    " + line for line in text.splitlines())
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:2000]
 
 
 def _interrupted(trainer: _Trainer, exit_code: int, where: str) -> NoReturn:
@@ -824,7 +883,7 @@ def _interrupted(trainer: _Trainer, exit_code: int, where: str) -> NoReturn:
 def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
            stop_after_epochs: int | None, extra_writers: Sequence[MetricWriter],
            progress: bool | None, resume_note: str | None = None,
-           save_config: bool = False) -> RunResult:
+           save_config: bool = False, data: _Data | None = None) -> RunResult:
     # run() and resume() turned on the compilation cache before anything compiled.
     # A run killed after its last checkpoint but before "completed" may still owe its hparams.
     was_completed = _status(run_dir).get("status") == "completed"
@@ -834,7 +893,7 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
     with _Signals() as signals:
         trainer = _Trainer(config, run_dir, resume_from=resume_from,
                            extra_writers=extra_writers, progress=progress,
-                           resume_note=resume_note)
+                           resume_note=resume_note, data=data)
         stop = signals.agreed if config.distributed else signals.heard
         try:
             if save_config and trainer.main:  # only once the checkpoint was restored: a
@@ -868,6 +927,11 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
                 trainer.finish()
                 trainer.writer.flush()  # on disk before the status says so
             trainer._status("completed" if completed else "stopped")
+        except Exception as e:  # a crash: the checkpoints stay, run.json says what happened
+            if trainer.main:
+                trainer._status("failed")
+                _write_status(run_dir, error=_error_text(e))
+            raise
         finally:
             trainer.close()
     return trainer.result(completed)
@@ -895,18 +959,27 @@ def run(config: Config | FiltersConfig, *, stop_after_epochs: int | None = None,
                           f"{type(config).__name__}")
     setup_compilation_cache()  # before any compile: JAX checks for the cache only once
     _join_processes(config)  # before anything starts JAX's backend
-    mesh = _data_parallel_mesh(config)  # refuses a batch that does not split, before a folder
+    # Refused before a folder exists: a batch that does not split over the devices, a model
+    # that does not fit the dataset's images, data that fails its checks, a bad split.
+    mesh = _data_parallel_mesh(config)
+    table = model_summary(config)
+    data = _load_data(config)
     run_dir = _new_run_dir(config)
     if _is_main(config):
         ckpt.atomic_write(run_dir / CONFIG_FILE, config_lib.to_json(config))
-        ckpt.atomic_write(run_dir / SUMMARY_FILE, model_summary(config) + "\n")
+        ckpt.atomic_write(run_dir / SUMMARY_FILE, table + "\n")
         _write_status(run_dir, experiment=config.experiment, run=run_dir.name,
                       start_time=datetime.now().isoformat(timespec="seconds"),
                       status="starting", epochs_done=0, epochs=config.epochs,
                       devices=1 if mesh is None else int(mesh.devices.size),
                       processes=jax.process_count())
-    return _train(config, run_dir, resume_from=None, stop_after_epochs=stop_after_epochs,
-                  extra_writers=extra_writers, progress=progress)
+    try:
+        return _train(config, run_dir, resume_from=None, stop_after_epochs=stop_after_epochs,
+                      extra_writers=extra_writers, progress=progress, data=data)
+    except Exception as e:
+        if _is_main(config) and _status(run_dir).get("status") == "starting":
+            _write_status(run_dir, status="failed", error=_error_text(e))
+        raise
 
 
 def load_run_config(run_dir: str | os.PathLike[str]) -> Any:
@@ -1017,9 +1090,10 @@ def run_filters(config: FiltersConfig) -> RunResult:
     """Apply Sobel (x, y, magnitude), Gaussian and sharpen filters to real photographs and write
     each result beside its input (``filters/<photo>/<filter>``: input | output) to TensorBoard,
     with the kernels as images (``kernels/<filter>``) and the filter bank's summary."""
+    photos = _sample_photos(config.images, config.max_size)  # unknown names: before a folder
+    table = filters_summary(config)
     run_dir = make_run_dir(config.runs_dir, config.experiment)
     ckpt.atomic_write(run_dir / CONFIG_FILE, config_lib.to_json(config))
-    table = filters_summary(config)
     ckpt.atomic_write(run_dir / SUMMARY_FILE, table + "\n")
     start = time.perf_counter()
     _write_status(run_dir, experiment=config.experiment, run=run_dir.name,
@@ -1033,7 +1107,7 @@ def run_filters(config: FiltersConfig) -> RunResult:
             ("sobel_x", filters_lib.sobel_x()), ("sobel_y", filters_lib.sobel_y()),
             ("gaussian", filters_lib.gaussian(config.gaussian_size, config.gaussian_sigma)),
             ("sharpen", filters_lib.sharpen()))})
-        for photo, rgb in _sample_photos(config.images, config.max_size).items():
+        for photo, rgb in photos.items():
             x = jnp.asarray(rgb[None])
             grey = jnp.mean(x, axis=-1, keepdims=True)
             outputs = {}

@@ -340,10 +340,13 @@ def make_epoch_fn(
     with a non-finite loss freezes the state for the rest of the epoch, so the caller can stop
     exactly there.
 
-    ``run(ts, *, seed, epoch, start=0, stop=None)``: ``start`` skips the epoch's first
-    ``start`` steps (to continue an epoch that a checkpoint interrupted: the same batches in the
-    same order follow); ``stop``, a function of no arguments, is asked between calls and, once
-    it returns True, the epoch ends early: ``metrics`` then holds only the steps that ran.
+    ``run(ts, *, seed, epoch, start=0, stop=None, progress=None)``: ``start`` skips the epoch's
+    first ``start`` steps (to continue an epoch that a checkpoint interrupted: the same batches
+    in the same order follow); ``stop``, a function of no arguments, is asked between calls and,
+    once it returns True, the epoch ends early: ``metrics`` then holds only the steps that ran.
+    ``progress(metrics)`` is called with the NumPy metrics of each call (or step) once it has
+    finished, while the next one runs (the last call's come back as the result): a progress
+    bar's feed that adds no wait.
     ``steps_per_call`` (scan driver) splits the epoch into scans of that many steps (and one
     shorter program for the rest), each a compiled call with at most one more queued behind
     it, so ``stop`` is heard within two calls; None scans the whole epoch in one call (``stop``
@@ -418,7 +421,7 @@ def make_epoch_fn(
     if driver == "scan":
         dev_images, dev_labels = place(images), place(labels)
 
-        def run(ts, *, seed, epoch, start=0, stop=None):
+        def run(ts, *, seed, epoch, start=0, stop=None, progress=None):
             idx = order(seed, epoch)[_check_start(start, steps)]
             size = len(idx) if steps_per_call is None else steps_per_call
             carry, out = first_carry(ts), []
@@ -428,6 +431,8 @@ def make_epoch_fn(
                 out.append(metrics)
                 if len(out) > 1:  # one call queued behind the running one, no more
                     jax.block_until_ready(out[-2])
+                    if progress is not None:
+                        progress(jax.device_get(out[-2]))
                 if stop is not None and lo + size < len(idx) and stop():
                     break
             return carry[0], _stack(out)
@@ -453,12 +458,14 @@ def make_epoch_fn(
         # drivers give bit-identical results.
         return jax.lax.scan(body, carry, (images[None], labels[None]))
 
-    def run(ts, *, seed, epoch, start=0, stop=None):
+    def run(ts, *, seed, epoch, start=0, stop=None, progress=None):
         idx = order(seed, epoch)[_check_start(start, steps)]
         carry, out = first_carry(ts), []
         for i, rows in enumerate(idx):
             carry, metrics = step(carry, *place_batch((images[rows], labels[rows])))
             out.append(metrics)
+            if progress is not None and i:
+                progress(jax.device_get(out[-2]))
             if stop is not None and i + 1 < len(idx) and stop():
                 break
         return carry[0], _stack(out)

@@ -85,6 +85,13 @@ def test_summary_resolves_by_name_from_anywhere(capsys, tmp_path, monkeypatch):
     assert cli.resolve_experiment("filters_demo") == ROOT / "experiments" / "filters_demo.py"
 
 
+def test_summary_of_a_model_that_does_not_fit_prints_the_error_not_a_traceback(capsys):
+    # LeNet-5's two 5x5 convolutions and pools need more than the digits' 8x8 pixels.
+    assert cli.main(["summary", "digits_cnn", "--model", "lenet5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Conv layer 'conv2'") and "Traceback" not in err
+
+
 def test_every_experiment_has_a_valid_config_and_a_docstring_command():
     names = cli.find_experiments()
     assert {"digits_cnn", "mnist_lenet5", "mnist_simple_cnn", "fashion_mnist",

@@ -8,10 +8,12 @@ values) must match the exception's message in full.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
 import json
+import os
 import pickle
 import re
 import struct
@@ -255,6 +257,16 @@ def _(c):
 
 case("batch-larger-than-data")(lambda c: experiment.run(C.Config(
     experiment="big", batch_size=5000, runs_dir=str(c.tmp / "runs")), progress=False))
+case("config-seed-too-large")(lambda c: _command_line("--seed", "4294967296"))
+
+
+@case("val-fraction-too-small")
+def _(c):
+    try:
+        return experiment.run(C.Config(experiment="v", val_fraction=0.001,
+                                       runs_dir=str(c.tmp / "runs")), progress=False)
+    finally:
+        assert not (c.tmp / "runs").exists()  # refused before a folder was made
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,6 +406,20 @@ def _run_folder(c: Ctx) -> Path:
 @case("runs-folder-unwritable")
 def _(c):
     (c.tmp / "runs").write_text("a file where the runs folder should be")
+    return experiment.run(_tiny(c.tmp / "runs"))
+
+
+@case("run-folder-unwritable")
+def _(c):
+    (c.tmp / "runs" / "tiny").mkdir(parents=True)
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # root ignores permission bits: the file system says no
+        if self.parent == c.tmp / "runs" / "tiny":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    c.monkeypatch.setattr(Path, "mkdir", mkdir)
     return experiment.run(_tiny(c.tmp / "runs"))
 
 

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import config as C
 from jaxcnn import experiment, layers, models, visualize
-from jaxcnn.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError
+from jaxcnn.errors import CheckpointError, ConfigError, LayerError, NonFiniteLossError, RunError
 from jaxcnn.tracking import MemoryWriter
 
 EPOCHS = 3
@@ -53,6 +53,31 @@ def test_the_runner_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment.memory, "keep_freed_memory", lambda: calls.append(1) or True)
     experiment.run(_tiny(tmp_path, epochs=1), progress=False)
     assert calls == ([1] if jax.default_backend() == "cpu" else [])
+
+
+def test_a_progress_bar_per_epoch_shows_loss_and_accuracy(tmp_path, capsys):
+    cfg = _tiny(tmp_path, epochs=2, steps_per_call=6)  # 20 steps an epoch: 3 calls of 6, 1 of 2
+    result = experiment.run(cfg, progress=True)
+    err = capsys.readouterr().err
+    bars = [line for line in err.replace("\r", "\n").splitlines() if "epoch" in line]
+    for e in (1, 2):
+        final = [b for b in bars if f"tiny epoch {e}/2: 100%" in b and "test_acc=" in b]
+        assert final, f"no final bar for epoch {e} in {bars}"
+        h = result.history[e - 1]
+        assert "20/20" in final[-1] and f"loss={h['train_loss']:.4f}" in final[-1]
+        assert f"acc={h['train_accuracy']:.4f}" in final[-1]
+        assert f"test_acc={h['test_accuracy']:.4f}" in final[-1]
+    assert result.history[0]["step"] == 20
+    assert "step 20:" not in capsys.readouterr().out  # no plain line beside the bar
+
+
+def test_without_a_terminal_one_plain_line_per_epoch(tmp_path, capsys):
+    result = experiment.run(_tiny(tmp_path, epochs=2), progress=False)
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and "epoch 2/2 step 40:" in lines[1]
+    assert f"test_accuracy={result.final['test_accuracy']:.4f}" in lines[1]
+    assert "%|" not in out.err
 
 
 def _raw_scalar_steps(run_dir) -> dict[str, list[int]]:
@@ -347,6 +372,28 @@ def test_filters_demo_writes_inputs_beside_outputs(tmp_path):
         assert f"kernels/{name}" in tags or name == "sobel_magnitude"
     with pytest.raises(RunError, match="nothing to resume"):
         experiment.resume(result.run_dir)
+
+
+def test_bad_input_is_refused_before_a_run_folder_is_made(tmp_path):
+    with pytest.raises(LayerError, match="Conv layer 'conv2'"):  # 8x8 digits for LeNet-5
+        experiment.run(_tiny(tmp_path, model="lenet5"), progress=False)
+    with pytest.raises(ConfigError, match="cannot split"):
+        experiment.run(_tiny(tmp_path, val_fraction=0.001), progress=False)
+    with pytest.raises(ConfigError, match="not one of scikit-learn's sample images"):
+        experiment.run(C.FiltersConfig(runs_dir=str(tmp_path), images=("nope.jpg",)))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_crash_marks_the_run_failed_with_its_error(tmp_path, monkeypatch):
+    def broken(self, *args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(experiment._Trainer, "_epoch_images", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        experiment.run(_tiny(tmp_path, epochs=1), progress=False)
+    (run_dir,) = (tmp_path / "tiny").iterdir()
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "failed" and status["error"] == "RuntimeError: disk on fire"
 
 
 def test_loss_tolerance_ends_the_run_early_as_completed(tmp_path):

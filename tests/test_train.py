@@ -101,6 +101,29 @@ def test_an_epoch_split_into_calls_or_stopped_and_continued_is_bit_identical(dri
         train.make_epoch_fn(step, split.images, split.labels, 16, steps_per_call=0)
 
 
+@pytest.mark.parametrize("driver", ["scan", "loop"])
+def test_progress_gets_each_finished_call_and_the_result_the_rest(driver):
+    """13 steps in calls of 4 (scan) or 1 (loop): ``progress`` sees every call but the last,
+    in order, as NumPy arrays equal to the result's first steps; training is unchanged."""
+    split = _toy(n=208)
+    model = _tiny_model()
+    opt = optax.sgd(0.05, momentum=0.9)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt, jit=False)
+    run = train.make_epoch_fn(step, split.images, split.labels, 16, driver=driver,
+                              steps_per_call=4)
+    ts0 = _state(model, opt, split)
+    fed: list[dict] = []
+    ts, m = run(ts0, seed=1, epoch=0, progress=fed.append)
+    plain, mp = run(ts0, seed=1, epoch=0)
+    sizes = [len(f["loss"]) for f in fed]
+    assert sizes == ([4, 4, 4] if driver == "scan" else [1] * 12)
+    assert all(isinstance(f["loss"], np.ndarray) and set(f) == set(m) for f in fed)
+    for k in m:
+        np.testing.assert_array_equal(np.concatenate([f[k] for f in fed]), m[k][:12])
+    np.testing.assert_array_equal(m["loss"], mp["loss"])
+    jax.tree.map(np.testing.assert_array_equal, ts.params, plain.params)
+
+
 def test_training_is_deterministic_for_a_seed_and_differs_across_seeds():
     split = _toy()
     model = _tiny_model()
