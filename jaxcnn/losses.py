@@ -1,12 +1,18 @@
 """Losses and metrics, each a mean over the examples of a batch.
 
 Every function takes an optional ``mask`` (N,) of 1.0 for real examples and 0.0 for the padding
-that keeps the last batch of an evaluation at a fixed shape; masked examples count nowhere.
+that keeps the last batch of an evaluation at a fixed shape; masked examples count nowhere
+(whatever their values, NaN included).
+
+Integer labels outside [0, K) for K logits are refused with a ValueError where they are
+concrete, and give NaN under ``jit`` (never another class's loss, as indexing would wrap -1).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxcnn._types import Array
@@ -17,25 +23,39 @@ __all__ = ["accuracy", "mse", "softmax_cross_entropy"]
 def _masked_mean(values: Array, mask: Array | None) -> Array:
     if mask is None:
         return jnp.mean(values)
-    mask = mask.astype(values.dtype)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    mask = jnp.asarray(mask).astype(values.dtype)
+    kept = jnp.where(mask != 0, values * mask, 0.0)
+    return jnp.sum(kept) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _check_labels(where: str, logits: Array, labels: Array) -> None:
+def _check_labels(where: str, logits: Array, labels: Array, mask: Array | None) -> Array:
+    """Checks the labels' type and shape, and where they are concrete their range; returns
+    which examples have a label in [0, K)."""
     # Float or one-hot labels fail deep inside optax; (N, 1) labels broadcast to a wrong mean.
     if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != logits.shape[:-1]:
         raise ValueError(f"{where}: labels must be integer class indices of shape "
                          f"{tuple(logits.shape[:-1])} for logits of shape {tuple(logits.shape)}, "
                          f"got {labels.dtype} of shape {tuple(labels.shape)}; for one-hot "
                          f"labels pass labels.argmax(-1)")
+    k = logits.shape[-1]
+    valid = (labels >= 0) & (labels < k)
+    if not any(isinstance(a, jax.core.Tracer) for a in (labels, mask)):
+        counted = valid if mask is None else valid | (jnp.asarray(mask) == 0)
+        if not bool(jnp.all(counted)):
+            bad = np.unique(np.asarray(labels)[~np.asarray(counted)])
+            raise ValueError(f"{where}: labels must be class indices in [0, {k}) for {k} "
+                             f"logits, got {', '.join(map(str, bad[:5]))}"
+                             f"{', ...' if len(bad) > 5 else ''}; renumber the classes from 0 "
+                             f"(or mask those examples out)")
+    return valid
 
 
 def softmax_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = None) -> Array:
     """Mean of -log softmax(logits)[label]. logits: (N, K) float; labels: (N,) int in [0, K)."""
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    _check_labels("softmax_cross_entropy", logits, labels)
+    valid = _check_labels("softmax_cross_entropy", logits, labels, mask)
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return _masked_mean(per_example, mask)
+    return _masked_mean(jnp.where(valid, per_example, jnp.nan), mask)
 
 
 def mse(pred: Array, target: Array, *, mask: Array | None = None) -> Array:
@@ -52,5 +72,6 @@ def mse(pred: Array, target: Array, *, mask: Array | None = None) -> Array:
 def accuracy(logits: Array, labels: Array, *, mask: Array | None = None) -> Array:
     """Fraction of examples whose arg-max class is the label. logits: (N, K); labels: (N,)."""
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    _check_labels("accuracy", logits, labels)
-    return _masked_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), mask)
+    valid = _check_labels("accuracy", logits, labels, mask)
+    hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return _masked_mean(jnp.where(valid, hits, jnp.nan), mask)

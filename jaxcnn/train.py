@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -158,6 +159,65 @@ def _is_classification(labels: Array) -> bool:
     return labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer)
 
 
+def _one_hot_like(labels_shape: Shape, logits_shape: Shape) -> bool:
+    return tuple(labels_shape) == tuple(logits_shape) and len(logits_shape) == 2 and \
+        logits_shape[-1] > 1
+
+
+def _accuracy(logits: Array, labels: Array, mask: Array | None) -> Array | None:
+    """Accuracy for integer class labels (N,), and for targets of the logits' shape (N, K > 1),
+    one-hot or soft (e.g. for ``mse``), against their arg-max; None for other targets."""
+    if _is_classification(labels):
+        return accuracy(logits, labels, mask=mask)
+    if _one_hot_like(labels.shape, logits.shape):
+        return accuracy(logits, jnp.argmax(labels, -1), mask=mask)
+    return None
+
+
+def _check_fit_targets(where: str, name: str, labels: np.ndarray, logits_shape: Shape) -> None:
+    """Integer class labels must lie in [0, K) for K logits: a negative one would wrap around
+    to another class, a large one give NaN."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or not labels.size:
+        return
+    k = logits_shape[-1]
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"{where}: {name} labels must be class indices in [0, {k}) for the "
+                         f"model's {k} outputs, got values from {lo} to {hi}; renumber the "
+                         f"classes from 0, or give the last Dense layer {hi + 1} outputs")
+
+
+def takes_mask(loss_fn: LossFn) -> bool:
+    """Whether ``loss_fn`` takes a ``mask`` keyword (as :mod:`jaxcnn.losses` do); one that
+    cannot be inspected is assumed to."""
+    try:
+        params = inspect.signature(loss_fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "mask" and p.kind != p.POSITIONAL_ONLY or p.kind == p.VAR_KEYWORD
+               for p in params)
+
+
+def _loss_caller(loss_fn: LossFn, where: str) -> Callable[[Array, Array, Array | None], Array]:
+    """``loss_fn(logits, labels)``, with ``mask=`` only where the batch has one: a plain
+    two-argument loss works on unmasked batches and is refused, by name, on masked ones."""
+    masked = takes_mask(loss_fn)
+
+    def call(logits, labels, mask):
+        if mask is None:
+            return loss_fn(logits, labels)
+        if not masked:
+            name = getattr(loss_fn, "__name__", repr(loss_fn))
+            raise TypeError(f"{where}: this batch has a mask (padding rows to leave out), but "
+                            f"loss_fn {name} takes no mask keyword; give it one, "
+                            f"mask=None, that averages over the rows where mask is 1, as "
+                            f"jaxcnn.losses.softmax_cross_entropy does")
+        return loss_fn(logits, labels, mask=mask)
+
+    return call
+
+
 def _all_finite(tree) -> Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -255,13 +315,16 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
                     jit: bool = True, batch_slices: int | str = "auto",
                     ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """A pure ``(ts, batch) -> (ts, metrics)``: forward in training mode, ``jax.value_and_grad``
-    of ``loss_fn(logits, labels, mask=mask)``, an Optax update.
+    of ``loss_fn(logits, labels)`` (``mask=mask`` added for a masked batch), an Optax update.
 
     ``batch`` is ``(images, labels)`` or ``(images, labels, mask)`` (a :class:`data.Batch`).
-    ``metrics``: ``loss``, ``accuracy`` (for integer class labels), ``finite`` (False when the
-    loss or a gradient was NaN or infinite: then params, state and opt_state are left as they
-    were) and, with
-    ``optax.inject_hyperparams``, ``learning_rate``.
+    ``optimizer`` is any Optax transformation: those that need the loss (``value``, e.g.
+    ``optax.contrib.reduce_on_plateau``, ``optax.polyak_sgd``), its gradient and a function
+    of the params (``grad``, ``value_fn``: ``optax.lbfgs``) get them.
+    ``metrics``: ``loss``, ``accuracy`` (for integer class labels, or for one-hot or soft
+    targets of the logits' shape against their arg-max), ``finite`` (False when the loss or a
+    gradient was NaN or infinite: then params, state and opt_state are left as they were) and,
+    with ``optax.inject_hyperparams``, ``learning_rate``.
 
     ``batch_slices`` (see :func:`batch_slices_for`): the model runs on that many slices of the
     batch, whose logits are concatenated before the loss. For a per-example model this is the
@@ -271,6 +334,8 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     (``benchmarks/README.md``, "Batch slices"). A model that is not per-example refuses an int > 1.
     """
     _check_batch_slices(model, batch_slices)
+    call_loss = _loss_caller(loss_fn, "make_train_step")
+    opt = optax.with_extra_args_support(optimizer)
 
     def forward(params, state, images, key):
         slices = _slice_count(model, images.shape[0], batch_slices, images.shape)  # checked
@@ -287,11 +352,12 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
 
         def objective(params):
             logits, new_state = forward(params, ts.state, images, key)
-            return loss_fn(logits, labels, mask=mask), (logits, new_state)
+            return call_loss(logits, labels, mask), (logits, new_state)
 
         (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
             ts.params)
-        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        updates, opt_state = opt.update(grads, ts.opt_state, ts.params, value=loss, grad=grads,
+                                        value_fn=lambda p: objective(p)[0])
         params = optax.apply_updates(ts.params, updates)
         finite = jnp.isfinite(loss) & _all_finite(grads)
 
@@ -299,8 +365,9 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
         metrics = {"loss": loss, "finite": finite}
-        if _is_classification(labels):
-            metrics["accuracy"] = accuracy(logits, labels, mask=mask)
+        acc = _accuracy(logits, labels, mask)
+        if acc is not None:
+            metrics["accuracy"] = acc
         lr = learning_rate(opt_state)  # the rate this update used
         if lr is not None:
             metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -494,18 +561,24 @@ def _stack(out: list[Metrics]) -> dict[str, np.ndarray]:
 def make_eval_step(model: Layer, loss_fn: LossFn = softmax_cross_entropy
                    ) -> Callable[[Params, State, Any], Metrics]:
     """A jitted ``(params, state, batch) -> metrics`` in inference mode: ``loss`` and
-    ``accuracy`` (means over the unmasked examples), ``count`` (their number) and
-    ``predictions`` (arg-max class per row, padding rows included)."""
+    ``accuracy`` (means over the unmasked examples; accuracy as in :func:`make_train_step`,
+    left out for targets it does not apply to), ``count`` (their number) and ``predictions``
+    (arg-max class per row, padding rows included)."""
+    call_loss = _loss_caller(loss_fn, "make_eval_step")
 
     @jax.jit
     def eval_step(params, state, batch):
         images, labels, mask = _unpack(batch)
         logits, _ = model.apply(params, state, images, train=False)
         count = jnp.sum(mask) if mask is not None else jnp.asarray(labels.shape[0], jnp.float32)
-        return {"loss": loss_fn(logits, labels, mask=mask),
-                "accuracy": accuracy(logits, labels, mask=mask), "count": count,
-                "predictions": jnp.argmax(logits, -1)}
+        out = {"loss": call_loss(logits, labels, mask), "count": count,
+               "predictions": jnp.argmax(logits, -1)}
+        acc = _accuracy(logits, labels, mask)
+        if acc is not None:
+            out["accuracy"] = acc
+        return out
 
+    eval_step.takes_mask = takes_mask(loss_fn)  # type: ignore[attr-defined]
     return eval_step
 
 
@@ -514,6 +587,9 @@ def evaluate(eval_step: Callable[[Params, State, Any], Metrics], params: Params,
              mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """Loss and accuracy over every example of ``split`` (fixed-shape batches, the last one
     padded and masked), and ``predictions`` (N,) as a NumPy array in the split's order.
+    ``accuracy`` is left out where the eval step gives none (targets it does not apply to).
+    An eval step whose loss takes no mask (``eval_step.takes_mask`` False) gets the last
+    batch unpadded instead (one more compile).
 
     ``mesh``: split every batch by rows over the mesh's devices (``batch_size`` is rounded up
     to a multiple of their number; the padding rows are masked), with ``params`` and ``state``
@@ -522,21 +598,31 @@ def evaluate(eval_step: Callable[[Params, State, Any], Metrics], params: Params,
     batch_size = min(batch_size, n)
     if mesh is not None:
         batch_size = -(-batch_size // mesh.devices.size) * mesh.devices.size
+    masks = getattr(eval_step, "takes_mask", True)
+    if mesh is not None and not masks:
+        raise TypeError("evaluate: data-parallel evaluation pads its batches with masked rows, "
+                        "but this eval step's loss takes no mask keyword; give the loss one, "
+                        "mask=None, as jaxcnn.losses.softmax_cross_entropy does")
     idx = data_lib.batch_indices(n, batch_size, seed=0, shuffle=False, drop_remainder=False)
-    totals = {"loss": 0.0, "accuracy": 0.0}
+    totals: dict[str, float] = {}
     predictions = []
     for rows in idx:
         real = rows >= 0
-        safe = np.where(real, rows, 0)
-        batch = (split.images[safe], split.labels[safe], real.astype(np.float32))
+        if masks:
+            safe = np.where(real, rows, 0)
+            batch = (split.images[safe], split.labels[safe], real.astype(np.float32))
+        else:
+            batch = (split.images[rows[real]], split.labels[rows[real]])
+            real = real[real]
         if mesh is not None:
             batch = distributed.shard_batch(batch, mesh)
         m = eval_step(params, state, batch)
         count = float(m["count"])
-        totals = {k: v + float(m[k]) * count for k, v in totals.items()}
+        for k in ("loss", "accuracy"):
+            if k in m:
+                totals[k] = totals.get(k, 0.0) + float(m[k]) * count
         predictions.append(distributed.to_host(m["predictions"])[real])
-    return {"loss": totals["loss"] / n, "accuracy": totals["accuracy"] / n,
-            "predictions": np.concatenate(predictions)}
+    return {**{k: v / n for k, v in totals.items()}, "predictions": np.concatenate(predictions)}
 
 
 @dataclass(frozen=True)
@@ -587,13 +673,32 @@ def fit(
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Train ``model`` on ``train`` for up to ``epochs`` epochs; returns the final state and one
     dict of metrics per epoch (``train_loss``, ``train_accuracy`` and, with ``val``,
-    ``val_loss``, ``val_accuracy``). Stops early by ``early_stopping`` or once the epoch's mean
-    training loss is below ``loss_tolerance``. Raises FloatingPointError on a non-finite loss.
+    ``val_loss``, ``val_accuracy``; the accuracies where they apply, see
+    :func:`make_train_step`). Stops early by ``early_stopping`` (its metric must be one of
+    those) or once the epoch's mean training loss is below ``loss_tolerance``. Integer labels
+    outside the model's classes raise ValueError; a non-finite loss raises FloatingPointError.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
     ts = create_train_state(model, optimizer, jax.random.key(seed),
                             (None, *train.images.shape[1:]))
+    logits = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=False)[0], ts.params,
+                            ts.state, jax.ShapeDtypeStruct((1, *train.images.shape[1:]),
+                                                           train.images.dtype)).shape
+    keys = ["train_loss"]
+    for name, split in (("train", train), ("val", val)):
+        if split is None:
+            continue
+        _check_fit_targets("fit", name, split.labels, logits)
+        labels = np.asarray(split.labels)
+        keys = keys + [f"{name}_loss"] * (name == "val")
+        if (labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)) or \
+                _one_hot_like((1, *labels.shape[1:]), logits):
+            keys.append(f"{name}_accuracy")
+    if early_stopping is not None and early_stopping.metric not in keys:
+        raise ValueError(f"fit: early_stopping watches {early_stopping.metric!r}, which this "
+                         f"training does not report; pick one of {', '.join(keys)}"
+                         f"{'' if val is not None else ' (pass val= for the val_* metrics)'}")
     step = make_train_step(model, loss_fn, optimizer, jit=False)
     run_epoch = make_epoch_fn(step, train.images, train.labels, batch_size, driver=driver)
     eval_step = make_eval_step(model, loss_fn)
@@ -605,11 +710,14 @@ def fit(
             bad = int(np.argmin(metrics["finite"]))
             raise FloatingPointError(f"fit: the loss became {metrics['loss'][bad]} at step "
                                      f"{start + bad} (epoch {epoch}); lower the learning rate")
-        record = {"epoch": epoch, "train_loss": float(np.mean(metrics["loss"])),
-                  "train_accuracy": float(np.mean(metrics["accuracy"]))}
+        record = {"epoch": epoch, "train_loss": float(np.mean(metrics["loss"]))}
+        if "accuracy" in metrics:
+            record["train_accuracy"] = float(np.mean(metrics["accuracy"]))
         if val is not None:
             v = evaluate(eval_step, ts.params, ts.state, val)
-            record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
+            record["val_loss"] = v["loss"]
+            if "accuracy" in v:
+                record["val_accuracy"] = v["accuracy"]
         history.append(record)
         if early_stopping is not None and should_stop(early_stopping, history):
             break

@@ -1,5 +1,6 @@
 """Losses and metrics against NumPy formulas."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,3 +59,34 @@ def test_accuracy_counts_argmax_hits():
     logits = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     labels = jnp.array([1, 1, 1, 0])
     np.testing.assert_allclose(losses.accuracy(logits, labels), 0.75)
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_labels_outside_the_classes_are_refused_or_nan_never_another_class(bad):
+    logits = jnp.array([[0.0, 0.0, 5.0], [1.0, 2.0, 3.0]])
+    labels = jnp.array([bad, 2])
+    for fn in (losses.softmax_cross_entropy, losses.accuracy):
+        with pytest.raises(ValueError, match=rf"labels must be class indices in \[0, 3\) "
+                                             rf"for 3 logits, got {bad}"):
+            fn(logits, labels)
+        assert np.isnan(jax.jit(fn)(logits, labels))  # -1 would otherwise score as class 2
+        # Masked out, such a label (padding, say) counts nowhere, jitted or not.
+        mask = jnp.array([0.0, 1.0])
+        for f in (fn, jax.jit(fn)):
+            np.testing.assert_allclose(f(logits, labels, mask=mask), fn(logits[1:], labels[1:]),
+                                       rtol=1e-6)
+
+
+def test_masked_rows_with_nan_logits_change_neither_value_nor_gradient():
+    logits = RNG.normal(size=(4, 3)).astype(np.float32)
+    labels = jnp.array([0, 2, 1, 1])
+    mask = jnp.array([1.0, 1.0, 1.0, 0.0])
+    poisoned = jnp.asarray(logits).at[3].set(jnp.nan)
+
+    def loss(z):
+        return losses.softmax_cross_entropy(z, labels, mask=mask)
+
+    np.testing.assert_allclose(loss(poisoned), losses.softmax_cross_entropy(
+        jnp.asarray(logits[:3]), labels[:3]), rtol=1e-6)
+    g = jax.grad(loss)(jnp.asarray(logits))
+    assert np.all(np.asarray(g[3]) == 0) and np.all(np.isfinite(g))

@@ -225,6 +225,97 @@ def test_fit_raises_on_a_diverging_loss():
         train.fit(_tiny_model(), optax.sgd(1e9), split, epochs=3, batch_size=16)
 
 
+def _ce_without_mask(logits, labels):
+    """A user's own loss, written without jaxcnn's mask keyword."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def test_a_loss_without_a_mask_keyword_trains_and_evaluates():
+    split = _toy(n=50)  # evaluated in batches of 16: a ragged last batch of 2
+    model = _tiny_model()
+    opt = optax.sgd(0.1)
+    ts = _state(model, opt, split)
+    batch = (jnp.asarray(split.images[:16]), jnp.asarray(split.labels[:16]))
+    mine = train.make_train_step(model, _ce_without_mask, opt, batch_slices=1)(ts, batch)
+    ours = train.make_train_step(model, losses.softmax_cross_entropy, opt, batch_slices=1)(
+        ts, batch)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 mine[0].params, ours[0].params)
+    assert not train.takes_mask(_ce_without_mask) and train.takes_mask(losses.mse)
+    got = train.evaluate(train.make_eval_step(model, _ce_without_mask), ts.params, ts.state,
+                         split, batch_size=16)
+    want = train.evaluate(train.make_eval_step(model), ts.params, ts.state, split,
+                          batch_size=16)
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
+    assert got["accuracy"] == want["accuracy"]
+    np.testing.assert_array_equal(got["predictions"], want["predictions"])
+    eval_step = train.make_eval_step(model, _ce_without_mask)
+    with pytest.raises(TypeError, match="takes no mask keyword"):
+        eval_step(ts.params, ts.state, (*batch, jnp.ones(16)))
+
+
+def test_optimizers_that_need_the_loss_get_it():
+    # polyak_sgd steps by min(max_lr, (f - f*) / (|g|^2 + eps)) * g: the loss value is needed.
+    split = _toy(n=32)
+    model = layers.serial(layers.Flatten(), layers.Dense(2))
+    batch = (jnp.asarray(split.images), jnp.asarray(split.labels))
+    opt = optax.polyak_sgd(max_learning_rate=10.0)
+    ts = _state(model, opt, split)
+
+    def loss(p):
+        return losses.softmax_cross_entropy(model.apply(p, {}, batch[0])[0], batch[1])
+
+    value, grads = jax.value_and_grad(loss)(ts.params)
+    sq = sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in jax.tree.leaves(grads))
+    lr = min(10.0, float(value) / sq)
+    new, _ = train.make_train_step(model, losses.softmax_cross_entropy, opt)(ts, batch)
+    jax.tree.map(lambda n, p, g: np.testing.assert_allclose(n, p - lr * g, rtol=1e-4,
+                                                            atol=1e-6),
+                 new.params, ts.params, grads)
+    # L-BFGS (value, grad and value_fn for its line search) and a plateau schedule run too.
+    for opt in (optax.lbfgs(), optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau())):
+        ts = _state(model, opt, split)
+        step = train.make_train_step(model, losses.softmax_cross_entropy, opt)
+        first = float(loss(ts.params))
+        for _ in range(5):
+            ts, m = step(ts, batch)
+        assert bool(m["finite"]) and float(loss(ts.params)) < first
+
+
+def test_fit_with_mse_on_one_hot_targets_reports_their_accuracy():
+    split = _toy(n=64)
+    one_hot = data.Split(split.images, np.eye(2, dtype=np.float32)[split.labels])
+    model = layers.serial(_tiny_model(), layers.Softmax())
+    ts, history = train.fit(model, optax.adam(1e-2), one_hot, epochs=2, batch_size=16,
+                            loss_fn=losses.mse, val=one_hot)
+    probs, _ = model.apply(ts.params, ts.state, jnp.asarray(split.images))
+    want = np.mean(np.asarray(probs).argmax(-1) == split.labels)
+    assert history[-1]["val_accuracy"] == pytest.approx(want)
+    assert 0.0 <= history[-1]["train_accuracy"] <= 1.0
+    half_sq = 0.5 * np.mean((np.asarray(probs) - one_hot.labels) ** 2)
+    assert history[-1]["val_loss"] == pytest.approx(half_sq, rel=1e-5)
+
+
+@pytest.mark.parametrize(("labels", "match"), [
+    (lambda y: y - 1, r"train labels must be class indices in \[0, 2\) .* from -1 to 0"),
+    (lambda y: y + 1, r"train labels must be class indices in \[0, 2\) .* from 1 to 2"),
+])
+def test_fit_refuses_labels_outside_the_models_classes(labels, match):
+    split = _toy()
+    with pytest.raises(ValueError, match=match):
+        train.fit(_tiny_model(), optax.sgd(0.1), data.Split(split.images, labels(split.labels)),
+                  epochs=1, batch_size=16)
+
+
+def test_fit_refuses_early_stopping_on_a_metric_it_does_not_report():
+    split = _toy()
+    for rule, val in ((train.EarlyStopping("val_accuracy"), None),
+                      (train.EarlyStopping("val_acc"), split)):
+        with pytest.raises(ValueError, match=f"early_stopping watches '{rule.metric}'"):
+            train.fit(_tiny_model(), optax.sgd(0.1), split, epochs=1, batch_size=16, val=val,
+                      early_stopping=rule)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"driver": "fast"}, r"driver must be 'auto', 'scan' or 'loop', got 'fast'"),
     ({"batch_size": 0}, r"batch_size must be a positive int, got 0"),
