@@ -29,6 +29,7 @@ from jaxcnn.layers import (
     _pair,
     _wrap_apply,
 )
+from jaxcnn.ops import _is_int, _is_real
 
 __all__ = ["FixedConv", "box_blur", "gaussian", "laplacian", "sharpen", "sobel_edges", "sobel_x",
            "sobel_y"]
@@ -51,10 +52,11 @@ def sobel_y() -> np.ndarray:
 def gaussian(size: int = 5, sigma: float = 1.0) -> np.ndarray:
     """Normalised Gaussian blur: exp(-(x^2 + y^2) / (2 sigma^2)) over a size x size grid centred
     on 0, divided by its sum (so flat regions keep their value)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if not _is_int(size) or size < 1:
         raise ValueError(f"gaussian: size must be a positive int, got {size!r}")
-    if not isinstance(sigma, int | float) or not sigma > 0:
+    if not _is_real(sigma) or not sigma > 0:
         raise ValueError(f"gaussian: sigma must be > 0, got {sigma!r}")
+    size, sigma = int(size), float(sigma)
     r = np.arange(size) - (size - 1) / 2
     g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
     return _hwio(g / g.sum())
@@ -62,8 +64,9 @@ def gaussian(size: int = 5, sigma: float = 1.0) -> np.ndarray:
 
 def box_blur(size: int = 3) -> np.ndarray:
     """Mean over a size x size window."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if not _is_int(size) or size < 1:
         raise ValueError(f"box_blur: size must be a positive int, got {size!r}")
+    size = int(size)
     return _hwio(np.full((size, size), 1.0 / size**2))
 
 
@@ -78,12 +81,23 @@ def laplacian() -> np.ndarray:
     return _hwio([[0, 1, 0], [1, -4, 1], [0, 1, 0]])
 
 
+def _depthwise(k: np.ndarray, x: Array) -> Array:
+    """``k`` (kh, kw, 1, 1) repeated for each channel of x, in x's dtype where that is floating
+    (else float32, and ops.conv2d refuses the input)."""
+    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    return jnp.tile(jnp.asarray(k, dtype), (1, 1, 1, x.shape[-1]))
+
+
 def FixedConv(kernel: np.ndarray | Array, *, padding: Padding = "SAME", stride: int = 1,
               name: str | None = None, kind: str = "FixedConv") -> Layer:
     """A frozen convolution: ``kernel`` (kh, kw, 1, 1) or (kh, kw) applied to each input channel
     on its own; (N, H, W, C) -> (N, H', W', C). Its params are empty, so training never changes it.
+
+    The output keeps the input's floating dtype, the kernel being cast to it: float16 images are
+    filtered in float16 (the kernel rounded to float16), float64 ones (with x64 enabled) in
+    float64 with the kernel as given. Integer images are refused, as by :func:`ops.conv2d`.
     """
-    k = np.asarray(kernel, np.float32)
+    k = np.asarray(kernel, np.float64)
     if k.ndim == 2:
         k = k[:, :, None, None]
     if k.ndim != 4 or k.shape[2:] != (1, 1):
@@ -91,12 +105,11 @@ def FixedConv(kernel: np.ndarray | Array, *, padding: Padding = "SAME", stride: 
                          f"{k.shape}")
     window = (k.shape[0], k.shape[1])
     strides = _pair(stride, "stride", kind, name)
-    _check_padding(padding, kind, name)
+    padding = _check_padding(padding, kind, name)
 
     def apply_(params, state, x, *, key=None, train=False):
-        c = x.shape[-1]
-        w = jnp.tile(jnp.asarray(k), (1, 1, 1, c))
-        return ops.conv2d(x, w, stride=strides, padding=padding, groups=c), state
+        w = _depthwise(k, x)
+        return ops.conv2d(x, w, stride=strides, padding=padding, groups=x.shape[-1]), state
 
     apply = _wrap_apply(kind, name, apply_)
 
@@ -114,12 +127,10 @@ def FixedConv(kernel: np.ndarray | Array, *, padding: Padding = "SAME", stride: 
 def sobel_edges(x: Array) -> tuple[Array, Array]:
     """Gradient magnitude and orientation (radians, atan2(gy, gx)) of each channel.
 
-    x: (N, H, W, C) -> two arrays (N, H, W, C), SAME padding.
+    x: (N, H, W, C) -> two arrays (N, H, W, C) in x's floating dtype, SAME padding.
     """
     def grad(kernel):
-        c = x.shape[-1]
-        return ops.conv2d(x, jnp.tile(jnp.asarray(kernel), (1, 1, 1, c)), padding="SAME",
-                          groups=c)
+        return ops.conv2d(x, _depthwise(kernel, x), padding="SAME", groups=x.shape[-1])
 
     gx, gy = grad(sobel_x()), grad(sobel_y())
     return jnp.hypot(gx, gy), jnp.arctan2(gy, gx)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from jaxcnn import ops
 from jaxcnn._types import Array, Initializer, Key, Padding, Params, Shape, State
 from jaxcnn.errors import LayerError
+from jaxcnn.ops import _is_int, _is_real
 
 __all__ = [
     "AvgPool", "BatchNorm", "Conv", "Dense", "Dropout", "Elu", "Flatten", "GlobalAvgPool",
@@ -111,6 +112,8 @@ def _make(init: Callable, apply: Callable, info: LayerInfo) -> Layer:
         if not _is_prng_key(key):
             raise LayerError(info.kind, info.name, f"init needs a PRNG key, e.g. "
                              f"jax.random.key(0), got {type(key).__name__} {key!r:.60}")
+        if isinstance(in_shape, tuple | list):
+            in_shape = type(in_shape)(int(d) if _is_int(d) else d for d in in_shape)
         return init(key, in_shape)
 
     def apply_checked(params, state, x, *, key=None, train=False):
@@ -178,11 +181,17 @@ def _pair(value: Any, what: str, kind: str, name: str | None, *,
         raise LayerError(kind, name, detail) from None
 
 
-def _check_padding(padding: Padding, kind: str, name: str | None) -> None:
+def _check_padding(padding: Padding, kind: str, name: str | None) -> Padding:
+    """``padding`` checked, with NumPy integers made Python ints (pairs as tuples)."""
     try:
         ops.normalize_padding(padding, (1, 1), (1, 1), (1, 1), where=kind)
     except ValueError as e:
         raise LayerError(kind, name, str(e).split(": ", 1)[1]) from None
+    if isinstance(padding, str):
+        return padding
+    if _is_int(padding):
+        return int(padding)
+    return tuple(tuple(int(v) for v in p) for p in padding)  # type: ignore[return-value]
 
 
 def _check_window_fits(kind: str, name: str | None, in_shape: Shape, window: tuple[int, int],
@@ -200,17 +209,20 @@ def _check_window_fits(kind: str, name: str | None, in_shape: Shape, window: tup
 
 
 def _positive_int(value: Any, what: str, kind: str, name: str | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_int(value) or value < 1:
         raise LayerError(kind, name, f"{what} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
-def _check_params(kind: str, name: str | None, params: Any) -> None:
-    """A layer with weights applied to params that lack them (another model's, or ``{}``)."""
-    if not isinstance(params, dict) or "w" not in params:
+def _check_params(kind: str, name: str | None, params: Any, keys: Sequence[str] = ("w",), *,
+                  what: str = "params") -> None:
+    """A layer applied to params (or state, ``what``) that lack its ``keys`` (another model's,
+    or ``{}``)."""
+    if keys and (not isinstance(params, dict) or any(k not in params for k in keys)):
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise LayerError(kind, name, f"params must hold this layer's 'w', got {got}; pass the "
-                         f"params that init returned for this model")
+        need = " and ".join(repr(k) for k in keys)
+        raise LayerError(kind, name, f"{what} must hold this layer's {need}, got {got}; pass the "
+                         f"{what} that init returned for this model")
 
 
 def _wrap_apply(kind: str, name: str | None, fn: Callable) -> Callable:
@@ -256,7 +268,7 @@ def Conv(
     strides = _pair(stride, "stride", kind, name)
     dil = _pair(dilation, "dilation", kind, name)
     groups = _positive_int(groups, "groups", kind, name)
-    _check_padding(padding, kind, name)
+    padding = _check_padding(padding, kind, name)
     if features % groups:
         raise LayerError(kind, name, f"features ({features}) must be divisible by groups "
                          f"({groups})")
@@ -333,7 +345,7 @@ def _pool(kind: str, base: str, op: Callable, window, stride, padding, ceil_mode
           **op_kwargs) -> Layer:
     win = _pair(window, "window", kind, name)
     strides = win if stride is None else _pair(stride, "stride", kind, name)
-    _check_padding(padding, kind, name)
+    padding = _check_padding(padding, kind, name)
 
     def apply_(params, state, x, *, key=None, train=False):
         return op(x, win, stride=strides, padding=padding, ceil_mode=ceil_mode, **op_kwargs), state
@@ -426,22 +438,25 @@ def Tanh(*, name: str | None = None) -> Layer:
 
 def LeakyRelu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
     """x for x >= 0, ``negative_slope * x`` otherwise."""
-    if not isinstance(negative_slope, int | float) or not math.isfinite(negative_slope):
+    if not _is_real(negative_slope) or not math.isfinite(negative_slope):
         raise LayerError("LeakyRelu", name, f"negative_slope must be a finite number, got "
                          f"{negative_slope!r}")
+    negative_slope = float(negative_slope)
     return _stateless("LeakyRelu", "leakyrelu", lambda x: ops.leaky_relu(x, negative_slope), name)
 
 
 def Elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
     """x for x > 0, ``alpha * (exp(x) - 1)`` otherwise."""
-    if not isinstance(alpha, int | float) or not math.isfinite(alpha):
+    if not _is_real(alpha) or not math.isfinite(alpha):
         raise LayerError("Elu", name, f"alpha must be a finite number, got {alpha!r}")
+    alpha = float(alpha)
     return _stateless("Elu", "elu", lambda x: ops.elu(x, alpha), name)
 
 
-def _check_axis(axis: Any, kind: str, name: str | None) -> None:
-    if isinstance(axis, bool) or not isinstance(axis, int):
+def _check_axis(axis: Any, kind: str, name: str | None) -> int:
+    if not _is_int(axis):
         raise LayerError(kind, name, f"axis must be an int, got {axis!r}")
+    return int(axis)
 
 
 def _not_batch_axis(axis: int) -> bool:
@@ -451,14 +466,14 @@ def _not_batch_axis(axis: int) -> bool:
 
 def Softmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Probabilities along ``axis`` (the classes, last by default)."""
-    _check_axis(axis, "Softmax", name)
+    axis = _check_axis(axis, "Softmax", name)
     return _stateless("Softmax", "softmax", lambda x: ops.softmax(x, axis), name,
                       per_example=_not_batch_axis(axis))
 
 
 def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
     """Log-probabilities along ``axis``."""
-    _check_axis(axis, "LogSoftmax", name)
+    axis = _check_axis(axis, "LogSoftmax", name)
     return _stateless("LogSoftmax", "logsoftmax", lambda x: ops.log_softmax(x, axis), name,
                       per_example=_not_batch_axis(axis))
 
@@ -487,9 +502,10 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
     *dropped*) and scale the rest by 1 / (1 - rate); identity at inference. Needs ``key`` when
     ``train=True``."""
     kind = "Dropout"
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+    if not _is_real(rate) or not 0.0 <= rate < 1.0:
         raise LayerError(kind, name, f"rate (the fraction dropped) must be in [0, 1), got "
                          f"{rate!r}")
+    rate = float(rate)
 
     def apply(params, state, x, *, key=None, train=False):
         if not train or rate == 0.0:
@@ -524,12 +540,15 @@ def BatchNorm(
     """
     kind = "BatchNorm"
     for what, v, lo, hi in (("momentum", momentum, 0.0, 1.0), ("epsilon", epsilon, 0.0, math.inf)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not (
-                lo <= v < hi and (what == "momentum" or v > 0)):
+        if not _is_real(v) or not (lo <= v < hi and (what == "momentum" or v > 0)):
             need = "in [0, 1)" if what == "momentum" else "> 0"
             raise LayerError(kind, name, f"{what} must be {need}, got {v!r}")
+    momentum, epsilon = float(momentum), float(epsilon)
+    param_keys = tuple(k for k, used in (("scale", use_scale), ("bias", use_bias)) if used)
 
     def apply(params, state, x, *, key=None, train=False):
+        _check_params(kind, name, params, param_keys)
+        _check_params(kind, name, state, ("mean", "var"), what="state")
         if x.ndim < 2 or x.shape[-1] != state["mean"].shape[0]:
             raise LayerError(kind, name, f"expects input (N, ..., {state['mean'].shape[0]}) "
                              f"with the channels it was initialised on, got shape "
@@ -620,9 +639,15 @@ def _init_children(named, key, in_shape):
     return shapes, params, state
 
 
+def _child(tree: Any, nm: str) -> Any:
+    """The child's part of params or state; anything but a dict is passed on for the child's
+    own check to name."""
+    return tree.get(nm, {}) if isinstance(tree, dict) else tree
+
+
 def _apply_child(nm, layer, params, state, x, key, train):
     try:
-        y, s = layer.apply(params.get(nm, {}), state.get(nm, {}), x, key=key, train=train)
+        y, s = layer.apply(_child(params, nm), _child(state, nm), x, key=key, train=train)
     except LayerError as e:
         raise e.at(nm) from None
     return y, s

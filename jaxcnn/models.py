@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxcnn import layers as L
 from jaxcnn.errors import LayerError
 from jaxcnn.layers import Layer
+from jaxcnn.ops import _is_int
 
 __all__ = ["lenet5", "resnet20", "simple_cnn", "vgg"]
 
@@ -30,9 +31,9 @@ def _choice(model: str, what: str, value: str, options: dict):
 
 
 def _num_classes(model: str, num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not _is_int(num_classes) or num_classes < 1:
         raise LayerError(model, None, f"num_classes must be a positive int, got {num_classes!r}")
-    return num_classes
+    return int(num_classes)
 
 
 def lenet5(num_classes: int = 10, *, activation: str = "relu", pool: str = "max") -> Layer:

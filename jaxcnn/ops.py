@@ -18,6 +18,7 @@ the last window must start inside the input or its left padding).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -49,15 +50,22 @@ __all__ = [
 ]
 
 
+def _is_int(v: object) -> bool:
+    """Whether ``v`` is an integer, Python's or NumPy's (``np.int64``), but not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
+
+
+def _is_real(v: object) -> bool:
+    """Whether ``v`` is a real number, Python's or NumPy's (``np.float32``), but not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
+
+
 def pair(value: int | Sequence[int], what: str, where: str, *, minimum: int = 1) -> tuple[int, int]:
     """An int or a pair of ints as ``(h, w)``, each at least ``minimum``, else ValueError."""
-    def is_int(v):
-        return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
-
-    if not (is_int(value) or isinstance(value, Sequence)) or isinstance(value, str):
+    if not (_is_int(value) or isinstance(value, Sequence)) or isinstance(value, str):
         raise ValueError(f"{where}: {what} must be an int or a pair of ints, got {value!r}")
-    vals = (value, value) if is_int(value) else tuple(value)
-    if len(vals) != 2 or not all(is_int(v) for v in vals):
+    vals = (value, value) if _is_int(value) else tuple(value)
+    if len(vals) != 2 or not all(_is_int(v) for v in vals):
         raise ValueError(f"{where}: {what} must be an int or a pair of ints, got {value!r}")
     vals = (int(vals[0]), int(vals[1]))
     if min(vals) < minimum:
@@ -94,14 +102,15 @@ def normalize_padding(
             f"{where}: padding must be 'VALID', 'SAME', an int or ((top, bottom), (left, right)), "
             f"got {padding!r}"
         )
-    if isinstance(padding, int) and not isinstance(padding, bool):
-        if padding < 0:
-            raise ValueError(f"{where}: padding must be >= 0, got {padding}")
-        return (padding, padding), (padding, padding)
+    if _is_int(padding):
+        p = int(padding)
+        if p < 0:
+            raise ValueError(f"{where}: padding must be >= 0, got {p}")
+        return (p, p), (p, p)
     try:
         (t, b), (left, right) = padding  # type: ignore[misc]
         pads = ((int(t), int(b)), (int(left), int(right)))
-        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (t, b, left, right))
+        ok = all(_is_int(v) for v in (t, b, left, right))
     except (TypeError, ValueError):
         ok = False
     if not ok or min(min(p) for p in pads) < 0:
@@ -136,8 +145,9 @@ def conv_output_size(
     where = "conv_output_size"
     for name, v, lo in (("n", n, 1), ("kernel", kernel, 1), ("stride", stride, 1),
                         ("dilation", dilation, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        if not _is_int(v) or v < lo:
             raise ValueError(f"{where}: {name} must be an int >= {lo}, got {v!r}")
+    n, kernel, stride, dilation = int(n), int(kernel), int(stride), int(dilation)
     k_eff = dilation * (kernel - 1) + 1
     if isinstance(padding, str):
         if padding.upper() == "SAME":
@@ -147,11 +157,11 @@ def conv_output_size(
         else:
             raise ValueError(f"{where}: padding must be 'VALID', 'SAME', an int or (lo, hi), "
                              f"got {padding!r}")
-    elif isinstance(padding, int) and not isinstance(padding, bool):
-        lo = hi = padding
+    elif _is_int(padding):
+        lo = hi = int(padding)
     elif (isinstance(padding, tuple | list) and len(padding) == 2
-          and all(isinstance(p, int) and not isinstance(p, bool) for p in padding)):
-        lo, hi = padding
+          and all(_is_int(p) for p in padding)):
+        lo, hi = int(padding[0]), int(padding[1])
     else:
         raise ValueError(f"{where}: padding must be 'VALID', 'SAME', an int or a pair of ints "
                          f"(lo, hi) for this one axis, got {padding!r}")
@@ -198,7 +208,8 @@ def conv2d(
     x: (N, H, W, C_in); w: (kh, kw, C_in // groups, C_out); b: (C_out,) or None.
     Returns (N, H_out, W_out, C_out) with sizes given by :func:`conv_output_size`.
     ``groups`` splits the channels into independent convolutions (``groups == C_in`` is a
-    depthwise convolution).
+    depthwise convolution). x and w are first promoted to ``jnp.result_type(x, w)`` (float16
+    images with a float32 kernel give float32), on every backend and for any channel count.
     """
     where = "conv2d"
     _check_rank4(x, where)
@@ -211,8 +222,9 @@ def conv2d(
                          f"got shape {tuple(w.shape)}")
     strides = pair(stride, "stride", where)
     dil = pair(dilation, "dilation", where)
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+    if not _is_int(groups) or groups < 1:
         raise ValueError(f"{where}: groups must be an int >= 1, got {groups!r}")
+    groups = int(groups)
     kh, kw, cin_g, cout = w.shape
     cin = x.shape[3]
     if cin % groups or cout % groups:
@@ -227,6 +239,8 @@ def conv2d(
             raise ValueError(f"{where}: kernel {kh}x{kw} with dilation {dil} is larger than the "
                              f"padded input {x.shape[1] + sum(pads[0])}x"
                              f"{x.shape[2] + sum(pads[1])}; use a smaller kernel or more padding")
+    dtype = jnp.result_type(x, w)
+    x, w = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
     if _conv_cpu.enabled():
         # Same values; derivatives that XLA's CPU backend runs fast, also inside lax.scan.
         y = _conv_cpu.conv2d(x, w, strides=strides, pads=pads, dilation=dil, groups=groups)

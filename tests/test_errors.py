@@ -195,6 +195,13 @@ def _(c):
     return model.apply({}, state, np.zeros((2, 8, 8, 1), np.float32))
 
 
+@case("batchnorm-no-state")
+def _(c):
+    model = L.serial(L.Conv(4, 3), L.BatchNorm(), L.Flatten(), L.Dense(2))
+    _, params, _ = model.init(KEY, (None, 6, 6, 1))
+    return model.apply(params, {}, jnp.ones((2, 6, 6, 1)))
+
+
 case("dropout-no-key")(lambda c: L.Dropout(0.5).apply({}, {}, jnp.ones((2, 3)), train=True))
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference as ref
+from jax.test_util import check_grads
 
 from jaxcnn import filters
 from jaxcnn import layers as L
@@ -230,3 +231,44 @@ def test_fixed_conv_checks_its_configuration_in_the_constructor(kwargs, pattern)
 def test_kernel_argument_errors(make, pattern):
     with pytest.raises(ValueError, match=pattern):
         make()
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cin", [1, 3])
+@pytest.mark.parametrize("dtype, tol", [("float16", 2e-3), ("float32", 1e-6), ("float64", 1e-12)])
+def test_fixed_conv_and_sobel_edges_keep_the_input_dtype(dtype, tol, cin):
+    """The kernel is cast to the input's dtype: float16 stays float16 (not upcast by a float32
+    kernel), float64 stays float64 and keeps a float64 kernel's precision."""
+    rng = np.random.default_rng(cin)
+    kernel = rng.uniform(-1.0, 1.0, (3, 3))
+    with jax.enable_x64(dtype == "float64"):
+        x = jnp.asarray(rng.uniform(-1.0, 1.0, (2, 6, 6, cin)), dtype)
+        y, _ = filters.FixedConv(kernel).apply({}, {}, x)
+        assert y.dtype == dtype
+        w = jnp.tile(jnp.asarray(kernel, dtype)[:, :, None, None], (1, 1, 1, cin))
+        want = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=cin)
+        np.testing.assert_allclose(np.asarray(y, np.float64), np.asarray(want, np.float64),
+                                   rtol=tol, atol=tol)
+        assert [a.dtype for a in filters.sobel_edges(x)] == [dtype, dtype]
+
+
+def test_fixed_conv_second_order_gradients_in_float64():
+    x = np.random.default_rng(5).normal(size=(2, 5, 5, 3))
+    layer = filters.FixedConv(filters.gaussian(3, 1.0))
+    with jax.enable_x64(True):
+        f = jax.jit(lambda x: layer.apply({}, {}, x)[0])
+        x64 = jnp.asarray(x, jnp.float64)
+        assert f(x64).dtype == jnp.float64
+        check_grads(f, (x64,), order=2, eps=1e-4, atol=1e-6, rtol=1e-6)
+
+
+def test_fixed_conv_refuses_integer_images():
+    with pytest.raises(LayerError, match=r"FixedConv layer: conv2d: input has dtype uint8 but a "
+                                         r"floating-point dtype is needed"):
+        filters.FixedConv(filters.sobel_x()).apply({}, {}, jnp.zeros((1, 5, 5, 3), jnp.uint8))

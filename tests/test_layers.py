@@ -795,3 +795,128 @@ def test_every_layer_constructor_is_checked_for_the_per_example_mark():
     covered = set().union(*(kinds(make()) for _, make in PER_EXAMPLE + NOT_PER_EXAMPLE))
     constructors = {n for n in L.__all__ if n[0].isupper() and n not in ("Layer", "LayerInfo")}
     assert constructors | {"Serial", "Parallel", "Residual", "FixedConv"} <= covered | {"Layer"}
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm without its params or state
+# ---------------------------------------------------------------------------------------------
+
+
+def _bn_model():
+    model = L.serial(_fast(4, 3), L.BatchNorm(), L.Flatten(), _fast_dense(2))
+    _, params, state = model.init(KEY, (None, 6, 6, 1))
+    return model, params, state
+
+
+def _without(tree, key, leaf=None):
+    """``tree`` minus its ``key`` child, or minus that child's ``leaf``."""
+    if leaf is None:
+        return {k: v for k, v in tree.items() if k != key}
+    return {**tree, key: {k: v for k, v in tree[key].items() if k != leaf}}
+
+
+BN_MISSING = R("BatchNorm layer 'batchnorm1': ")
+BN_CASES = [
+    ("state-empty", lambda p, s: (p, {}),
+     BN_MISSING + R("state must hold this layer's 'mean' and 'var', got []; pass the state "
+                    "that init returned for this model")),
+    ("state-none", lambda p, s: (p, None), BN_MISSING + R("state must hold this layer's 'mean' "
+                                                          "and 'var', got NoneType; pass the")),
+    ("state-no-var", lambda p, s: (p, _without(s, "batchnorm1", "var")),
+     BN_MISSING + R("state must hold this layer's 'mean' and 'var', got ['mean']")),
+    ("params-missing", lambda p, s: (_without(p, "batchnorm1"), s),
+     BN_MISSING + R("params must hold this layer's 'scale' and 'bias', got []; pass the params "
+                    "that init returned for this model")),
+    ("params-no-bias", lambda p, s: (_without(p, "batchnorm1", "bias"), s),
+     BN_MISSING + R("params must hold this layer's 'scale' and 'bias', got ['scale']")),
+]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("drop, pattern", [c[1:] for c in BN_CASES], ids=[c[0] for c in BN_CASES])
+def test_batchnorm_without_its_params_or_state_names_the_layer(drop, pattern, train):
+    model, params, state = _bn_model()
+    x = jnp.ones((2, 6, 6, 1))
+    with pytest.raises(LayerError, match=pattern):
+        model.apply(*drop(params, state), x, train=train)
+
+
+def test_batchnorm_without_scale_and_bias_needs_no_params():
+    bn = L.BatchNorm(use_scale=False, use_bias=False)
+    _, params, state = bn.init(KEY, (None, 3))
+    assert params == {}
+    x = _rng("bn-no-params").normal(size=(4, 3))
+    y, _ = bn.apply({}, state, jnp.asarray(x, jnp.float32), train=True)
+    want = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy scalars as hyperparameters: accepted as Python ones; bools refused
+# ---------------------------------------------------------------------------------------------
+
+
+def _np_scalar_cases():
+    # (id, build(i, f) -> layer, x shape, apply kwargs); i and f make the ints and floats
+    img, vec = (2, 6, 6, 4), (2, 6)
+    drop_kw = {"train": True, "key": jax.random.key(1)}
+    return [
+        ("conv", lambda i, f: _fast(i(4), i(3), stride=i(2), padding=i(1), dilation=i(1),
+                                    groups=i(2)), img, {}),
+        ("conv-padding-pairs", lambda i, f: _fast(4, (i(3), i(2)),
+                                                  padding=((i(1), i(0)), (i(0), i(2)))), img, {}),
+        ("dense", lambda i, f: _fast_dense(i(3)), vec, {}),
+        ("maxpool", lambda i, f: L.MaxPool(i(3), stride=i(1), padding=i(1)), img, {}),
+        ("avgpool", lambda i, f: L.AvgPool((i(2), i(3)), stride=(i(2), i(1))), img, {}),
+        ("dropout", lambda i, f: L.Dropout(f(0.5)), vec, drop_kw),
+        ("leakyrelu", lambda i, f: L.LeakyRelu(f(0.25)), vec, {}),
+        ("elu", lambda i, f: L.Elu(f(0.5)), vec, {}),
+        ("softmax", lambda i, f: L.Softmax(axis=i(-1)), vec, {}),
+        ("logsoftmax", lambda i, f: L.LogSoftmax(axis=i(3)), img, {}),
+        ("batchnorm", lambda i, f: L.BatchNorm(momentum=f(0.5), epsilon=f(2.0**-10)), img,
+         {"train": True}),
+        ("fixedconv-gaussian", lambda i, f: filters.FixedConv(
+            filters.gaussian(i(3), f(0.5)), stride=i(2), padding=i(1)), img, {}),
+        ("fixedconv-box", lambda i, f: filters.FixedConv(filters.box_blur(i(3)), padding=i(0)),
+         img, {}),
+    ]
+
+
+@pytest.mark.parametrize("case", _np_scalar_cases(), ids=lambda c: c[0])
+def test_numpy_scalars_configure_a_layer_as_python_ones_do(case):
+    _, build, x_shape, kwargs = case
+    x = jnp.asarray(_rng("np-scalars", case[0]).normal(size=x_shape), jnp.float32)
+    results = []
+    for i, f in ((int, float), (np.int64, np.float32)):
+        layer = build(i, f)
+        out_shape, params, state = layer.init(KEY, (None, *map(i, x_shape[1:])))
+        y, new_state = layer.apply(params, state, x, **kwargs)
+        info = L.layer_info(layer)
+        results.append((out_shape, info.window, info.stride, info.dilation, params, y, new_state))
+    (shape, *geometry, params, y, new_state), numpy = results
+    assert numpy[:4] == (shape, *geometry)
+    assert all(type(d) is int for d in shape[1:]) and "np." not in repr((shape, geometry))
+    for a, b in zip(jax.tree.leaves((params, y, new_state)), jax.tree.leaves(numpy[4:]),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: L.Conv(True, 3),
+    lambda: L.Conv(4, 3, padding=True),
+    lambda: L.Conv(4, 3, groups=np.bool_(True)),
+    lambda: L.Dense(np.bool_(True)),
+    lambda: L.Dropout(False),
+    lambda: L.LeakyRelu(True),
+    lambda: L.Elu(np.bool_(True)),
+    lambda: L.Softmax(axis=True),
+    lambda: L.BatchNorm(momentum=False),
+    lambda: L.Conv(4, 3).init(KEY, (None, 6, np.bool_(True), 1)),
+    lambda: filters.gaussian(True),
+    lambda: filters.gaussian(3, True),
+    lambda: filters.box_blur(np.bool_(True)),
+], ids=["conv-features", "conv-padding", "conv-groups", "dense", "dropout", "leakyrelu", "elu",
+        "softmax", "batchnorm", "in-shape", "gaussian-size", "gaussian-sigma", "box-blur"])
+def test_bools_are_refused_as_hyperparameters(make):
+    with pytest.raises(ValueError, match=r"got .*(True|False)"):
+        make()

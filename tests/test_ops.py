@@ -625,3 +625,73 @@ def test_conv_output_size_rejects_malformed_padding_with_value_error(padding):
     with pytest.raises(ValueError, match=r"conv_output_size: padding must be .*got "
                                          + re.escape(repr(padding))):
         ops.conv_output_size(5, 3, padding=padding)
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed dtypes and NumPy scalars
+# ---------------------------------------------------------------------------------------------
+
+
+def _lax_conv(x, w, pads, groups=1):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), pads, feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("impl", ["cpu", "xla"])
+@pytest.mark.parametrize("cin", [1, 3])
+def test_conv2d_promotes_mixed_dtypes_on_every_path(cin, impl, monkeypatch):
+    """float16 images with a float32 kernel: both promoted to float32, the taps (1 channel) and
+    lax (3 channels, or impl=xla) paths alike, the gradients in their operand's dtype."""
+    monkeypatch.setenv("JAXCNN_CONV_IMPL", impl)
+    rng = _rng("mixed-dtypes", cin)
+    x = jnp.asarray(_uniform(rng, (2, 6, 6, cin)), jnp.float16)
+    w, b = _f32(_uniform(rng, (3, 3, cin, 2))), _f32(_uniform(rng, (2,)))
+    y = ops.conv2d(x, w, b, padding="SAME")
+    assert y.dtype == jnp.float32
+    want = _lax_conv(x.astype(jnp.float32), w, ((1, 1), (1, 1))) + b
+    np.testing.assert_allclose(y, want, **TOL)
+    gx, gw = jax.grad(lambda x, w: ops.conv2d(x, w).sum(), argnums=(0, 1))(x, w)
+    assert (gx.dtype, gw.dtype) == (jnp.float16, jnp.float32)
+
+
+@pytest.mark.parametrize("cin", [1, 3])
+def test_conv2d_promotes_to_float64_under_x64(cin):
+    rng = _rng("mixed-x64", cin)
+    x, w = _uniform(rng, (2, 5, 5, cin)), _uniform(rng, (3, 3, cin, 2)).astype(np.float32)
+    with jax.enable_x64(True):
+        x64, w32 = jnp.asarray(x, jnp.float64), jnp.asarray(w)
+        for a, b in ((x64, w32), (x64.astype(jnp.float32), w32.astype(jnp.float64))):
+            y = ops.conv2d(a, b, padding=1)
+            assert y.dtype == jnp.float64
+            want = _lax_conv(a.astype(jnp.float64), b.astype(jnp.float64), ((1, 1), (1, 1)))
+            np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+
+
+I64 = np.int64
+
+
+@pytest.mark.parametrize("call", [
+    lambda i: ops.conv_output_size(i(28), i(5), stride=i(2), padding=i(1), dilation=i(1)),
+    lambda i: ops.conv_output_size(i(28), i(5), padding=(i(1), i(2)), ceil_mode=True),
+    lambda i: ops.normalize_padding(i(2), (8, 8), (3, 3), (1, 1)),
+    lambda i: ops.normalize_padding(((i(1), i(0)), (i(0), i(2))), (8, 8), (3, 3), (1, 1)),
+    lambda i: ops.pair(i(3), "kernel", "test"),
+    lambda i: np.asarray(ops.conv2d(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 2, 4)), groups=i(2),
+                                    padding=i(1), stride=i(2))).tolist(),
+], ids=["size", "size-pair-padding", "padding-int", "padding-pairs", "pair", "conv2d"])
+def test_numpy_integers_give_the_same_plain_int_result(call):
+    plain, numpy = call(int), call(I64)
+    assert numpy == plain
+    assert "np." not in repr(numpy)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ops.conv_output_size(True, 1),
+    lambda: ops.conv_output_size(5, 3, padding=np.bool_(True)),
+    lambda: ops.normalize_padding(np.bool_(True), (8, 8), (3, 3), (1, 1)),
+    lambda: ops.normalize_padding(((True, 0), (0, 0)), (8, 8), (3, 3), (1, 1)),
+    lambda: ops.conv2d(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 4, 4)), groups=True),
+], ids=["size-n", "size-padding", "padding-int", "padding-pairs", "conv2d-groups"])
+def test_bools_are_still_refused(call):
+    with pytest.raises(ValueError, match=r"got .*(True|False)"):
+        call()
