@@ -1,6 +1,6 @@
 """Training and inference throughput: jaxcnn against raw JAX, PyTorch eager and torch.compile.
 
-    .venv/bin/python benchmarks/train_throughput.py                      # the README table
+    .venv/bin/python benchmarks/train_throughput.py --no-xla --passes 5  # the README table
     .venv/bin/python benchmarks/train_throughput.py --quick              # a smoke run
     .venv/bin/python benchmarks/train_throughput.py --models lenet5 --batches 128 --passes 5
 
@@ -20,14 +20,16 @@ Contenders, for each model (``simple_cnn``, ``lenet5``; 28x28x1 inputs, 10 class
 - ``torch eager`` / ``torch.compile``: ``torch.nn`` (NCHW) with ``torch.optim.SGD(momentum=0.9)``;
   ``torch.compile(model)`` (inductor, default mode). Skipped with a note when torch is not
   installed (``pip install -e .[bench]``). PyTorch's intra-op threads are set to the machine's
-  core count, as XLA's CPU client uses every core.
+  core count, as XLA's CPU client uses every core. Where JAX runs on a GPU, PyTorch runs on
+  CUDA if it has it; a CPU-only torch there is labelled ``(cpu)`` in its rows.
 
 Every contender runs on the same device-resident random data, for ``--seconds`` per pass; the
 passes rotate the order, so slow drifts of a shared machine hit all of them alike. The table
 gives the median images/s over the passes (and the min-max), the ratio to raw JAX, and the
 fraction of a 2048x2048 float32 matmul's GFLOP/s measured in the same passes ("ceiling").
 Below it, pass by pass, jaxcnn's images/s over the faster PyTorch contender's in that pass:
-the median of those ratios and how many passes jaxcnn won, steadier than two medians.
+the median of those ratios and how many passes jaxcnn won, steadier than two medians; then
+the same against raw JAX.
 
 FLOPs per image are counted exactly from the layers' multiply-adds (:func:`jaxcnn.summary`):
 inference is 2 x MACs; training is 2 x (forward + weight gradient of every layer + input
@@ -251,16 +253,37 @@ def _torch_model(name: str):
         nn.Linear(84, 10))
 
 
+def torch_device() -> str:
+    """Where PyTorch runs: CUDA when JAX runs on a GPU and this torch has CUDA, else the CPU."""
+    if torch is not None and jax.default_backend() == "gpu" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def _torch_name(compiled: bool) -> str:
+    """The contender's name, with PyTorch's device added where it is not JAX's (a CPU-only
+    torch beside JAX on a GPU), so such a row is never read as a like-for-like comparison."""
+    name = "torch.compile" if compiled else "torch eager"
+    same = torch_device() == "cuda" or jax.default_backend() == "cpu"
+    return name if same else f"{name} ({torch_device()})"
+
+
+def _torch_sync() -> None:
+    if torch_device() == "cuda":
+        torch.cuda.synchronize()
+
+
 def _torch_data(batch: int, steps: int):
     images, labels = _data(batch, steps)
-    xs = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).split(batch)
-    ys = torch.from_numpy(labels.astype(np.int64)).split(batch)
+    dev = torch_device()
+    xs = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(dev).split(batch)
+    ys = torch.from_numpy(labels.astype(np.int64)).to(dev).split(batch)
     return list(zip(xs, ys, strict=True))
 
 
 def torch_train(name: str, batch: int, steps: int, compiled: bool) -> Runner:
     torch.manual_seed(0)
-    model = _torch_model(name)
+    model = _torch_model(name).to(torch_device())
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     net = torch.compile(model) if compiled else model
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -272,15 +295,16 @@ def torch_train(name: str, batch: int, steps: int, compiled: bool) -> Runner:
             loss = loss_fn(net(x), y)
             loss.backward()
             opt.step()
+        _torch_sync()
         return batch * steps
 
     run()
-    return Runner("torch.compile" if compiled else "torch eager", run)
+    return Runner(_torch_name(compiled), run)
 
 
 def torch_infer(name: str, batch: int, steps: int, compiled: bool) -> Runner:
     torch.manual_seed(0)
-    model = _torch_model(name).eval()
+    model = _torch_model(name).to(torch_device()).eval()
     net = torch.compile(model) if compiled else model
     xs = [x for x, _ in _torch_data(batch, steps)]
 
@@ -288,10 +312,11 @@ def torch_infer(name: str, batch: int, steps: int, compiled: bool) -> Runner:
         with torch.inference_mode():
             for x in xs:
                 net(x)
+        _torch_sync()
         return batch * steps
 
     run()
-    return Runner("torch.compile" if compiled else "torch eager", run)
+    return Runner(_torch_name(compiled), run)
 
 
 def matmul_runner(n: int = 2048) -> tuple[Runner, float]:
@@ -411,7 +436,8 @@ def main(argv: list[str] | None = None) -> None:
         f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         f"machine: {lscpu_model()}, {cores} cores; jax {jax.__version__} "
         f"({jax.default_backend()}), "
-        + (f"torch {torch.__version__} ({torch.get_num_threads()} threads = cores)"
+        + (f"torch {torch.__version__} on {torch_device()} ({torch.get_num_threads()} CPU "
+           f"threads = cores)"
            if torch is not None else "torch not installed: PyTorch rows skipped "
            "(pip install -e .[bench])"),
         f"command: {' '.join([os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])])}",
@@ -450,18 +476,23 @@ def main(argv: list[str] | None = None) -> None:
         print("\nPaired, pass by pass (the machine's speed drifts between passes): jaxcnn's "
               "images/s over the faster PyTorch contender's in the same pass")
         print("\n".join(lines))
+    lines = paired(groups, rates, against=("raw JAX",))
+    if lines:
+        print("\nPaired, pass by pass: jaxcnn's images/s over raw JAX's in the same pass")
+        print("\n".join(lines))
     if torch is None:
         print("\nPyTorch rows skipped: torch is not installed (pip install -e .[bench]).")
 
 
-def paired(groups, rates) -> list[str]:
+def paired(groups, rates, against: tuple[str, ...] = ("torch",)) -> list[str]:
     """Per model, batch and mode: the median over the passes of jaxcnn's images/s divided by
-    the faster PyTorch contender's in the same pass, and in how many passes jaxcnn was faster."""
+    the faster contender's in the same pass among those whose name starts with one of
+    ``against`` (PyTorch's by default), and in how many passes jaxcnn was faster."""
     out = []
     for key in dict.fromkeys(k for k, _ in groups):
         ours = [rates[i] for i, (k, r) in enumerate(groups) if k == key and r.name == "jaxcnn"]
         theirs = [rates[i] for i, (k, r) in enumerate(groups)
-                  if k == key and r.name.startswith("torch")]
+                  if k == key and r.name.startswith(against)]
         if not ours or not theirs:
             continue
         ratios = [a / max(t) for a, *t in zip(ours[0], *theirs, strict=True)]

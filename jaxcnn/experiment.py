@@ -212,6 +212,14 @@ def _data_parallel_mesh(config: Config) -> jax.sharding.Mesh | None:
     return mesh
 
 
+def _keep_freed_memory() -> None:
+    """On the CPU, malloc keeps what it frees (:mod:`jaxcnn.memory`): no page faults on every
+    step's fresh buffers. Before the data are read, so that the arrays normalisation makes
+    reuse the memory the decompressed files freed."""
+    if jax.default_backend() == "cpu":
+        memory.keep_freed_memory()
+
+
 def _is_main(config: Config) -> bool:
     # Only process 0 of a distributed run writes the run folder, events and checkpoints.
     return not config.distributed or distributed.is_main_process()
@@ -887,8 +895,6 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
     # run() and resume() turned on the compilation cache before anything compiled.
     # A run killed after its last checkpoint but before "completed" may still owe its hparams.
     was_completed = _status(run_dir).get("status") == "completed"
-    if jax.default_backend() == "cpu":
-        memory.keep_freed_memory()  # no page faults on every step's fresh buffers
     # Signals are caught from here on: one during set-up stops the run after its first call.
     with _Signals() as signals:
         trainer = _Trainer(config, run_dir, resume_from=resume_from,
@@ -959,6 +965,7 @@ def run(config: Config | FiltersConfig, *, stop_after_epochs: int | None = None,
                           f"{type(config).__name__}")
     setup_compilation_cache()  # before any compile: JAX checks for the cache only once
     _join_processes(config)  # before anything starts JAX's backend
+    _keep_freed_memory()
     # Refused before a folder exists: a batch that does not split over the devices, a model
     # that does not fit the dataset's images, data that fails its checks, a bad split.
     mesh = _data_parallel_mesh(config)
@@ -1026,6 +1033,7 @@ def resume(run_dir: str | os.PathLike[str], *, overrides: Mapping[str, Any] | No
                        f"pass --force (force=True) to resume anyway")
     setup_compilation_cache()
     _join_processes(new)  # every process reads the checkpoint: the folder must be shared
+    _keep_freed_memory()
     latest = ckpt.latest(folder / CHECKPOINTS)
     if latest is None:
         raise CheckpointError(f"{folder} has no complete checkpoint to resume from (none was "
