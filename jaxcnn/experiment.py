@@ -378,8 +378,9 @@ def _status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_status(run_dir: Path, **values: Any) -> None:
-    status = {**_status(run_dir), **values}
+def _write_status(run_dir: Path, *, drop: Sequence[str] = (), **values: Any) -> None:
+    """Update run.json with ``values``, and without the keys in ``drop``."""
+    status = {k: v for k, v in {**_status(run_dir), **values}.items() if k not in drop}
     ckpt.atomic_write(run_dir / STATUS_FILE, json.dumps(status, indent=1, allow_nan=True))
 
 
@@ -513,10 +514,12 @@ class _Trainer:
 
     def __init__(self, config: Config, run_dir: Path, *, resume_from: Path | None,
                  extra_writers: Sequence[MetricWriter], progress: bool | None,
-                 resume_note: str | None, data: _Data | None = None) -> None:
+                 resume_note: str | None, data: _Data | None = None,
+                 t_start: float | None = None) -> None:
         self.config, self.run_dir = config, run_dir
         self.ckpt_dir = run_dir / CHECKPOINTS
-        self.t_start = time.perf_counter()
+        # When this segment began (run() reads the data before it makes the folder).
+        self.t_start = time.perf_counter() if t_start is None else t_start
         self.main = _is_main(config)
         self.mesh = _data_parallel_mesh(config)
         self.data = _load_data(config) if data is None else data
@@ -816,7 +819,9 @@ class _Trainer:
             return
         final = self.history[-1] if self.history else {}
         tests = [h["test_accuracy"] for h in self.history if "test_accuracy" in h]
-        _write_status(self.run_dir, status=status, epochs_done=self.epoch,
+        # A resumed run that goes on sheds the error of the crash it resumed from.
+        _write_status(self.run_dir, drop=() if status == "failed" else ("error",),
+                      status=status, epochs_done=self.epoch,
                       epochs=self.config.epochs, step=int(self.ts.step), final=final,
                       best_test_accuracy=max(tests) if tests else None,
                       wall_time_s=self.wall_time())
@@ -891,7 +896,8 @@ def _interrupted(trainer: _Trainer, exit_code: int, where: str) -> NoReturn:
 def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
            stop_after_epochs: int | None, extra_writers: Sequence[MetricWriter],
            progress: bool | None, resume_note: str | None = None,
-           save_config: bool = False, data: _Data | None = None) -> RunResult:
+           save_config: bool = False, data: _Data | None = None,
+           t_start: float | None = None) -> RunResult:
     # run() and resume() turned on the compilation cache before anything compiled.
     # A run killed after its last checkpoint but before "completed" may still owe its hparams.
     was_completed = _status(run_dir).get("status") == "completed"
@@ -899,7 +905,7 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
     with _Signals() as signals:
         trainer = _Trainer(config, run_dir, resume_from=resume_from,
                            extra_writers=extra_writers, progress=progress,
-                           resume_note=resume_note, data=data)
+                           resume_note=resume_note, data=data, t_start=t_start)
         stop = signals.agreed if config.distributed else signals.heard
         try:
             if save_config and trainer.main:  # only once the checkpoint was restored: a
@@ -963,6 +969,7 @@ def run(config: Config | FiltersConfig, *, stop_after_epochs: int | None = None,
     if not isinstance(config, Config):
         raise ConfigError(f"run: config must be a jaxcnn.config.Config or FiltersConfig, got "
                           f"{type(config).__name__}")
+    t_start = time.perf_counter()
     setup_compilation_cache()  # before any compile: JAX checks for the cache only once
     _join_processes(config)  # before anything starts JAX's backend
     _keep_freed_memory()
@@ -982,7 +989,8 @@ def run(config: Config | FiltersConfig, *, stop_after_epochs: int | None = None,
                       processes=jax.process_count())
     try:
         return _train(config, run_dir, resume_from=None, stop_after_epochs=stop_after_epochs,
-                      extra_writers=extra_writers, progress=progress, data=data)
+                      extra_writers=extra_writers, progress=progress, data=data,
+                      t_start=t_start)
     except Exception as e:
         if _is_main(config) and _status(run_dir).get("status") == "starting":
             _write_status(run_dir, status="failed", error=_error_text(e))

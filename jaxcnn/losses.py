@@ -28,6 +28,15 @@ def _masked_mean(values: Array, mask: Array | None) -> Array:
     return jnp.sum(kept) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def _zero_masked(x: Array, mask: Array | None) -> Array:
+    """``x`` (N, ...) with its masked rows set to 0 before any arithmetic, so that whatever
+    they held (NaN, say) reaches neither the value nor the gradient."""
+    if mask is None:
+        return x
+    keep = jnp.asarray(mask).reshape(-1, *([1] * (x.ndim - 1))) != 0
+    return jnp.where(keep, x, jnp.zeros((), x.dtype))
+
+
 def _check_labels(where: str, logits: Array, labels: Array, mask: Array | None) -> Array:
     """Checks the labels' type and shape, and where they are concrete their range; returns
     which examples have a label in [0, K)."""
@@ -54,7 +63,9 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = 
     """Mean of -log softmax(logits)[label]. logits: (N, K) float; labels: (N,) int in [0, K)."""
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     valid = _check_labels("softmax_cross_entropy", logits, labels, mask)
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    logits = _zero_masked(logits, mask)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(valid, labels, 0))
     return _masked_mean(jnp.where(valid, per_example, jnp.nan), mask)
 
 
@@ -65,6 +76,7 @@ def mse(pred: Array, target: Array, *, mask: Array | None = None) -> Array:
     if pred.shape != target.shape:
         raise ValueError(f"mse: pred and target must have the same shape, got {pred.shape} and "
                          f"{target.shape}")
+    pred, target = _zero_masked(pred, mask), _zero_masked(target, mask)
     per_example = jnp.mean(optax.l2_loss(pred, target), axis=tuple(range(1, pred.ndim)))
     return _masked_mean(per_example, mask)
 

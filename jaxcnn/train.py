@@ -200,20 +200,21 @@ def takes_mask(loss_fn: LossFn) -> bool:
 
 
 def _loss_caller(loss_fn: LossFn, where: str) -> Callable[[Array, Array, Array | None], Array]:
-    """``loss_fn(logits, labels)``, with ``mask=`` only where the batch has one: a plain
-    two-argument loss works on unmasked batches and is refused, by name, on masked ones."""
+    """``loss_fn(logits, labels, mask=mask)`` for a loss that takes a mask (``None`` on an
+    unmasked batch); ``loss_fn(logits, labels)`` for one that does not, which works on
+    unmasked batches and is refused, by name, on masked ones."""
     masked = takes_mask(loss_fn)
 
     def call(logits, labels, mask):
-        if mask is None:
-            return loss_fn(logits, labels)
-        if not masked:
+        if masked:
+            return loss_fn(logits, labels, mask=mask)
+        if mask is not None:
             name = getattr(loss_fn, "__name__", repr(loss_fn))
             raise TypeError(f"{where}: this batch has a mask (padding rows to leave out), but "
                             f"loss_fn {name} takes no mask keyword; give it one, "
                             f"mask=None, that averages over the rows where mask is 1, as "
                             f"jaxcnn.losses.softmax_cross_entropy does")
-        return loss_fn(logits, labels, mask=mask)
+        return loss_fn(logits, labels)
 
     return call
 
@@ -315,7 +316,8 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
                     jit: bool = True, batch_slices: int | str = "auto",
                     ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """A pure ``(ts, batch) -> (ts, metrics)``: forward in training mode, ``jax.value_and_grad``
-    of ``loss_fn(logits, labels)`` (``mask=mask`` added for a masked batch), an Optax update.
+    of ``loss_fn(logits, labels, mask=mask)`` (``loss_fn(logits, labels)`` for a loss without a
+    ``mask`` keyword, which then refuses masked batches), an Optax update.
 
     ``batch`` is ``(images, labels)`` or ``(images, labels, mask)`` (a :class:`data.Batch`).
     ``optimizer`` is any Optax transformation: those that need the loss (``value``, e.g.

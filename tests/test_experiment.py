@@ -384,16 +384,25 @@ def test_bad_input_is_refused_before_a_run_folder_is_made(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_crash_marks_the_run_failed_with_its_error(tmp_path, monkeypatch):
-    def broken(self, *args):
-        raise RuntimeError("disk on fire")
+def test_a_crash_marks_the_run_failed_with_its_error_until_a_resume(tmp_path, monkeypatch):
+    real = experiment._Trainer._epoch_images
+
+    def broken(self, *args):  # epoch 1 logs its images; epoch 2 crashes
+        if self.epoch >= 1:
+            raise RuntimeError("disk on fire")
+        return real(self, *args)
 
     monkeypatch.setattr(experiment._Trainer, "_epoch_images", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        experiment.run(_tiny(tmp_path, epochs=1), progress=False)
+        experiment.run(_tiny(tmp_path, epochs=2), progress=False)
     (run_dir,) = (tmp_path / "tiny").iterdir()
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "failed" and status["error"] == "RuntimeError: disk on fire"
+    assert status["epochs_done"] == 1
+    monkeypatch.setattr(experiment._Trainer, "_epoch_images", real)
+    result = experiment.resume(run_dir, progress=False)
+    status = json.loads((run_dir / "run.json").read_text())
+    assert result.completed and status["status"] == "completed" and "error" not in status
 
 
 def test_loss_tolerance_ends_the_run_early_as_completed(tmp_path):

@@ -77,16 +77,28 @@ def test_labels_outside_the_classes_are_refused_or_nan_never_another_class(bad):
                                        rtol=1e-6)
 
 
-def test_masked_rows_with_nan_logits_change_neither_value_nor_gradient():
+def test_masked_rows_with_nan_change_neither_value_nor_gradient():
     logits = RNG.normal(size=(4, 3)).astype(np.float32)
-    labels = jnp.array([0, 2, 1, 1])
+    labels = jnp.array([0, 2, 1, 7])  # the masked row's label is out of range too
     mask = jnp.array([1.0, 1.0, 1.0, 0.0])
     poisoned = jnp.asarray(logits).at[3].set(jnp.nan)
+    target = jnp.asarray(np.eye(3, dtype=np.float32)[[0, 2, 1, 1]]).at[3].set(jnp.nan)
 
-    def loss(z):
+    def ce(z):
         return losses.softmax_cross_entropy(z, labels, mask=mask)
 
-    np.testing.assert_allclose(loss(poisoned), losses.softmax_cross_entropy(
-        jnp.asarray(logits[:3]), labels[:3]), rtol=1e-6)
-    g = jax.grad(loss)(jnp.asarray(logits))
-    assert np.all(np.asarray(g[3]) == 0) and np.all(np.isfinite(g))
+    def mse(z):
+        return losses.mse(z, target, mask=mask)
+
+    def ce3(z):  # the same loss over the three real rows alone
+        return losses.softmax_cross_entropy(z, labels[:3])
+
+    def mse3(z):
+        return losses.mse(z, target[:3])
+
+    for loss, clean in ((ce, ce3), (mse, mse3)):
+        real = jnp.asarray(logits[:3])
+        np.testing.assert_allclose(loss(poisoned), clean(real), rtol=1e-6)
+        g = np.asarray(jax.grad(loss)(poisoned))
+        assert np.all(g[3] == 0) and np.all(np.isfinite(g))
+        np.testing.assert_allclose(g[:3], jax.grad(clean)(real), rtol=1e-6)

@@ -254,6 +254,27 @@ def test_a_loss_without_a_mask_keyword_trains_and_evaluates():
         eval_step(ts.params, ts.state, (*batch, jnp.ones(16)))
 
 
+def test_a_loss_whose_mask_has_no_default_gets_mask_none():
+    split = _toy(n=32)
+    model = _tiny_model()
+    opt = optax.sgd(0.1)
+    ts = _state(model, opt, split)
+    seen = []
+
+    def my_loss(logits, labels, mask):
+        seen.append(mask)
+        return losses.softmax_cross_entropy(logits, labels, mask=mask)
+
+    batch = (jnp.asarray(split.images[:16]), jnp.asarray(split.labels[:16]))
+    _, m = train.make_train_step(model, my_loss, opt, batch_slices=1)(ts, batch)
+    want = train.make_train_step(model, losses.softmax_cross_entropy, opt, batch_slices=1)(
+        ts, batch)[1]
+    assert seen[0] is None and float(m["loss"]) == pytest.approx(float(want["loss"]), rel=1e-6)
+    got = train.evaluate(train.make_eval_step(model, my_loss), ts.params, ts.state, split, 10)
+    assert got["loss"] == pytest.approx(train.evaluate(
+        train.make_eval_step(model), ts.params, ts.state, split, 10)["loss"], rel=1e-6)
+
+
 def test_optimizers_that_need_the_loss_get_it():
     # polyak_sgd steps by min(max_lr, (f - f*) / (|g|^2 + eps)) * g: the loss value is needed.
     split = _toy(n=32)
