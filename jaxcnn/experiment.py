@@ -659,13 +659,15 @@ class _Trainer:
         from tqdm import tqdm
 
         try:
-            width = os.get_terminal_size(sys.stderr.fileno()).columns
+            known = min(os.get_terminal_size(sys.stderr.fileno())) > 0
         except OSError:
-            width = 0
+            known = False
+        # A terminal of unknown size (0 x 0, as `script` makes) would hide tqdm's bar.
+        size = {"dynamic_ncols": True} if known else {"ncols": 130, "nrows": 24}
         cfg = self.config
         self.bar = tqdm(total=self.steps_per_epoch,
                         desc=f"{cfg.experiment} epoch {self.epoch + 1}/{cfg.epochs}",
-                        unit="step", dynamic_ncols=width > 0, ncols=None if width > 0 else 100)
+                        unit="step", **size)
         sums = np.zeros(3)  # loss, accuracy, finite steps
 
         def feed(m: dict[str, np.ndarray]) -> None:

@@ -34,6 +34,7 @@ from jaxcnn import data as data_lib
 from jaxcnn._types import Array, Key, Params, Shape, State
 from jaxcnn.layers import Layer, layer_info
 from jaxcnn.losses import accuracy, softmax_cross_entropy
+from jaxcnn.ops import _is_int
 from jaxcnn.summarize import summary
 
 __all__ = [
@@ -433,10 +434,9 @@ def make_epoch_fn(
     """
     if driver not in ("auto", "scan", "loop"):
         raise ValueError(f"make_epoch_fn: driver must be 'auto', 'scan' or 'loop', got {driver!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"make_epoch_fn: batch_size must be a positive int, got {batch_size!r}")
-    if steps_per_call is not None and (isinstance(steps_per_call, bool) or
-                                       not isinstance(steps_per_call, int) or steps_per_call < 1):
+    if steps_per_call is not None and (not _is_int(steps_per_call) or steps_per_call < 1):
         raise ValueError(f"make_epoch_fn: steps_per_call must be a positive int or None, got "
                          f"{steps_per_call!r}")
     n = len(images)
@@ -640,7 +640,7 @@ class EarlyStopping:
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
             raise ValueError(f"EarlyStopping: mode must be 'max' or 'min', got {self.mode!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or \
+        if not _is_int(self.patience) or \
                 self.patience < 1:
             raise ValueError(f"EarlyStopping: patience must be a positive int, got "
                              f"{self.patience!r}")
@@ -680,7 +680,7 @@ def fit(
     those) or once the epoch's mean training loss is below ``loss_tolerance``. Integer labels
     outside the model's classes raise ValueError; a non-finite loss raises FloatingPointError.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if not _is_int(epochs) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
     ts = create_train_state(model, optimizer, jax.random.key(seed),
                             (None, *train.images.shape[1:]))

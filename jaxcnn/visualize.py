@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,12 @@ __all__ = [
     "grid_size",
     "misclassified",
 ]
+
+
+def _is_int(v: object) -> bool:
+    """An integer, Python's or NumPy's, but not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
+
 
 _LINE = 14  # pixel height of one line of text (PIL's default font is 10 px, ~12 px with descent)
 _MARGIN = 3  # pixels around text in label margins
@@ -59,7 +66,7 @@ def grid_size(n: int, h: int, w: int, *, pad: int = 1) -> tuple[int, int, int, i
 
 
 def _check_pad(fn: str, pad: int) -> None:
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+    if not _is_int(pad) or pad < 0:
         raise ValueError(f"{fn}: pad must be an int >= 0, got {pad!r}")
 
 
@@ -161,7 +168,7 @@ def feature_map_grid(
             f"feature_map_grid: fmaps must be activations (N, H, W, C), got shape {x.shape}"
         )
     if max_channels is not None and (
-        isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1
+        not _is_int(max_channels) or max_channels < 1
     ):
         raise ValueError(
             f"feature_map_grid: max_channels must be None or an int >= 1, got {max_channels!r}"
@@ -203,7 +210,7 @@ def confusion_matrix(labels: Any, preds: Any, num_classes: int) -> np.ndarray:
     >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2).tolist()
     [[1, 0], [1, 1]]
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if not _is_int(num_classes) or num_classes < 1:
         raise ValueError(f"confusion_matrix: num_classes must be an int >= 1, got {num_classes!r}")
     t = _labels("confusion_matrix", "labels", labels, num_classes)
     p = _labels("confusion_matrix", "preds", preds, num_classes)
@@ -272,7 +279,7 @@ def confusion_matrix_image(
             f"confusion_matrix_image: cm must hold counts >= 0, got {counts.dtype} with minimum "
             f"{counts.min()}"
         )
-    if isinstance(cell, bool) or not isinstance(cell, int) or cell < 1:
+    if not _is_int(cell) or cell < 1:
         raise ValueError(f"confusion_matrix_image: cell must be an int >= 1, got {cell!r}")
     k = counts.shape[0]
     if class_names is not None and len(class_names) != k:
@@ -391,7 +398,7 @@ def annotated_grid(
             f"pred_labels {p.shape[0]}; they need the same number"
         )
     for name, v in (("max_images", max_images), ("min_size", min_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not _is_int(v) or v < 1:
             raise ValueError(f"annotated_grid: {name} must be an int >= 1, got {v!r}")
 
     def label(i: int) -> str:

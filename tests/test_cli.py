@@ -133,6 +133,34 @@ def test_run_runs_table_and_resume_via_cli(tmp_path, capsys):
     assert cli.main(["runs", str(tmp_path / "missing")]) == 1
 
 
+def test_on_a_terminal_of_unknown_size_the_epoch_bars_still_show(tmp_path, cache_root):
+    # A new pseudo-terminal is 0 x 0 (as under `script`), where tqdm would hide its bar.
+    main, child = os.openpty()
+    chunks = []
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "experiments" / "digits_cnn.py"), "--epochs", "2",
+             "--model", "simple_cnn", "--runs-dir", str(tmp_path)], stdout=child,
+            stderr=child, stdin=subprocess.DEVNULL, env=_env(cache_root), cwd=tmp_path)
+        os.close(child)
+        while True:  # read as it writes, so a full pty buffer never blocks it
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child side is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        returncode = proc.wait(timeout=300)
+    finally:
+        os.close(main)
+    out = b"".join(chunks).decode(errors="replace").replace("\r", "\n")
+    assert returncode == 0, out
+    for e in (1, 2):
+        assert any(f"digits_cnn epoch {e}/2: 100%" in line and "test_acc=" in line
+                   for line in out.splitlines()), out
+
+
 def test_default_command_end_to_end(tmp_path, cache_root):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "digits_cnn.py"), "--epochs", "1",

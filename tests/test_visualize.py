@@ -298,3 +298,25 @@ def test_misclassified_selects_the_wrong_ones_in_order() -> None:
     assert t.tolist() == [1, 3, 4] and p.tolist() == [2, 0, 1]
     none = misclassified(images, np.zeros(5, int), np.zeros(5, int))
     assert [a.shape[0] for a in none] == [0, 0, 0]
+
+
+def test_numpy_integers_are_accepted_as_sizes_and_bools_are_not() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 3, 1, 4))
+    maps = rng.random((2, 5, 5, 3))
+    labels, preds = np.array([0, 1, 2, 1]), np.array([0, 2, 2, 1])
+    images = rng.random((4, 6, 6, 1))
+    cm = confusion_matrix(labels, preds, 3)
+    for i in (np.int64, np.int32):
+        np.testing.assert_array_equal(filter_grid(w, pad=i(2)), filter_grid(w, pad=2))
+        np.testing.assert_array_equal(feature_map_grid(maps, max_channels=i(2)),
+                                      feature_map_grid(maps, max_channels=2))
+        np.testing.assert_array_equal(confusion_matrix(labels, preds, i(3)), cm)
+        np.testing.assert_array_equal(confusion_matrix_image(cm, cell=i(12)),
+                                      confusion_matrix_image(cm, cell=12))
+        np.testing.assert_array_equal(annotated_grid(images, labels, preds, max_images=i(3)),
+                                      annotated_grid(images, labels, preds, max_images=3))
+    with pytest.raises(ValueError, match="pad"):
+        filter_grid(w, pad=True)
+    with pytest.raises(ValueError, match="num_classes"):
+        confusion_matrix(labels, preds, np.bool_(True))
