@@ -1,8 +1,9 @@
 """Losses and metrics, each a mean over the examples of a batch.
 
 Every function takes an optional ``mask`` (N,) of 1.0 for real examples and 0.0 for the padding
-that keeps the last batch of an evaluation at a fixed shape; masked examples count nowhere
-(whatever their values, NaN included).
+that keeps the last batch of an evaluation at a fixed shape (for cross-entropy and accuracy it
+may also have the labels' shape, e.g. (N, T) per position); masked examples count nowhere
+(whatever their values, NaN included), and other non-negative values weight the mean.
 
 Integer labels outside [0, K) for K logits are refused with a ValueError where they are
 concrete, and give NaN under ``jit`` (never another class's loss, as indexing would wrap -1).
@@ -25,15 +26,18 @@ def _masked_mean(values: Array, mask: Array | None) -> Array:
         return jnp.mean(values)
     mask = jnp.asarray(mask).astype(values.dtype)
     kept = jnp.where(mask != 0, values * mask, 0.0)
-    return jnp.sum(kept) / jnp.maximum(jnp.sum(mask), 1.0)
+    total = jnp.sum(mask)  # weights: a mean weighted by the mask (0 where it is all 0)
+    return jnp.sum(kept) / jnp.where(total > 0, total, 1.0)
 
 
 def _zero_masked(x: Array, mask: Array | None) -> Array:
-    """``x`` (N, ...) with its masked rows set to 0 before any arithmetic, so that whatever
-    they held (NaN, say) reaches neither the value nor the gradient."""
+    """``x`` (N, ...) with its masked entries set to 0 before any arithmetic, so that whatever
+    they held (NaN, say) reaches neither the value nor the gradient. ``mask`` covers the
+    leading axes of ``x``: (N,) per example, or e.g. (N, T) per position."""
     if mask is None:
         return x
-    keep = jnp.asarray(mask).reshape(-1, *([1] * (x.ndim - 1))) != 0
+    m = jnp.asarray(mask)
+    keep = m.reshape(m.shape + (1,) * (x.ndim - m.ndim)) != 0
     return jnp.where(keep, x, jnp.zeros((), x.dtype))
 
 
@@ -49,9 +53,13 @@ def _check_labels(where: str, logits: Array, labels: Array, mask: Array | None) 
     k = logits.shape[-1]
     valid = (labels >= 0) & (labels < k)
     if not any(isinstance(a, jax.core.Tracer) for a in (labels, mask)):
-        counted = valid if mask is None else valid | (jnp.asarray(mask) == 0)
-        if not bool(jnp.all(counted)):
-            bad = np.unique(np.asarray(labels)[~np.asarray(counted)])
+        # Concrete values (also those a jitted function closes over): checked in NumPy.
+        lab = np.asarray(labels)
+        counted = (lab >= 0) & (lab < k)
+        if mask is not None:
+            counted |= np.asarray(mask) == 0
+        if not counted.all():
+            bad = np.unique(lab[~counted])
             raise ValueError(f"{where}: labels must be class indices in [0, {k}) for {k} "
                              f"logits, got {', '.join(map(str, bad[:5]))}"
                              f"{', ...' if len(bad) > 5 else ''}; renumber the classes from 0 "

@@ -439,6 +439,8 @@ def make_epoch_fn(
     if steps_per_call is not None and (not _is_int(steps_per_call) or steps_per_call < 1):
         raise ValueError(f"make_epoch_fn: steps_per_call must be a positive int or None, got "
                          f"{steps_per_call!r}")
+    batch_size = int(batch_size)
+    steps_per_call = None if steps_per_call is None else int(steps_per_call)
     n = len(images)
     if batch_size > n:
         raise ValueError(f"make_epoch_fn: batch_size ({batch_size}) is larger than the "
@@ -644,6 +646,7 @@ class EarlyStopping:
                 self.patience < 1:
             raise ValueError(f"EarlyStopping: patience must be a positive int, got "
                              f"{self.patience!r}")
+        object.__setattr__(self, "patience", int(self.patience))
         if not self.min_delta >= 0:
             raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {self.min_delta!r}")
 
@@ -682,6 +685,7 @@ def fit(
     """
     if not _is_int(epochs) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    epochs = int(epochs)
     ts = create_train_state(model, optimizer, jax.random.key(seed),
                             (None, *train.images.shape[1:]))
     logits = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=False)[0], ts.params,

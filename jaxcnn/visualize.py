@@ -65,9 +65,10 @@ def grid_size(n: int, h: int, w: int, *, pad: int = 1) -> tuple[int, int, int, i
     return rows, cols, rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad
 
 
-def _check_pad(fn: str, pad: int) -> None:
+def _check_pad(fn: str, pad: int) -> int:
     if not _is_int(pad) or pad < 0:
         raise ValueError(f"{fn}: pad must be an int >= 0, got {pad!r}")
+    return int(pad)
 
 
 def _minmax(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -124,7 +125,7 @@ def filter_grid(w: Any, *, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
     >>> filter_grid(np.zeros((3, 3, 8, 4)), pad=2).shape  # 4 rows of 8 grey tiles
     (18, 38, 1)
     """
-    _check_pad("filter_grid", pad)
+    pad = _check_pad("filter_grid", pad)
     k = np.asarray(w, dtype=np.float64)
     if k.ndim != 4 or 0 in k.shape:
         raise ValueError(
@@ -161,7 +162,7 @@ def feature_map_grid(
     >>> feature_map_grid(np.zeros((2, 8, 8, 6))).shape  # 6 maps -> 2 rows x 3 cols
     (2, 17, 26, 1)
     """
-    _check_pad("feature_map_grid", pad)
+    pad = _check_pad("feature_map_grid", pad)
     x = np.asarray(fmaps, dtype=np.float64)
     if x.ndim != 4 or 0 in x.shape:
         raise ValueError(
@@ -174,7 +175,7 @@ def feature_map_grid(
             f"feature_map_grid: max_channels must be None or an int >= 1, got {max_channels!r}"
         )
     n, h, w, c = x.shape
-    c = c if max_channels is None else min(c, max_channels)
+    c = c if max_channels is None else min(c, int(max_channels))
     maps = _minmax(np.transpose(x[..., :c], (0, 3, 1, 2)), (2, 3))[..., None]  # (N, c, H, W, 1)
     rows, cols, _, _ = grid_size(c, h, w, pad=pad)
     return np.stack([_tile(maps[i], rows, cols, pad, pad_value) for i in range(n)])
@@ -212,6 +213,7 @@ def confusion_matrix(labels: Any, preds: Any, num_classes: int) -> np.ndarray:
     """
     if not _is_int(num_classes) or num_classes < 1:
         raise ValueError(f"confusion_matrix: num_classes must be an int >= 1, got {num_classes!r}")
+    num_classes = int(num_classes)
     t = _labels("confusion_matrix", "labels", labels, num_classes)
     p = _labels("confusion_matrix", "preds", preds, num_classes)
     if t.shape != p.shape:
@@ -281,6 +283,7 @@ def confusion_matrix_image(
         )
     if not _is_int(cell) or cell < 1:
         raise ValueError(f"confusion_matrix_image: cell must be an int >= 1, got {cell!r}")
+    cell = int(cell)
     k = counts.shape[0]
     if class_names is not None and len(class_names) != k:
         raise ValueError(
@@ -381,7 +384,7 @@ def annotated_grid(
     Raises:
       ValueError: no images, or shapes that do not match.
     """
-    _check_pad("annotated_grid", pad)
+    pad = _check_pad("annotated_grid", pad)
     x = np.asarray(images)
     if x.ndim == 3:
         x = x[..., None]
@@ -400,6 +403,7 @@ def annotated_grid(
     for name, v in (("max_images", max_images), ("min_size", min_size)):
         if not _is_int(v) or v < 1:
             raise ValueError(f"annotated_grid: {name} must be an int >= 1, got {v!r}")
+    max_images, min_size = int(max_images), int(min_size)
 
     def label(i: int) -> str:
         if class_names is None:

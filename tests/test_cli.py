@@ -2,9 +2,11 @@
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,7 +145,10 @@ def test_on_a_terminal_of_unknown_size_the_epoch_bars_still_show(tmp_path, cache
              "--model", "simple_cnn", "--runs-dir", str(tmp_path)], stdout=child,
             stderr=child, stdin=subprocess.DEVNULL, env=_env(cache_root), cwd=tmp_path)
         os.close(child)
-        while True:  # read as it writes, so a full pty buffer never blocks it
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # read as it writes: a full pty never blocks it
+            if not select.select([main], [], [], 1.0)[0]:
+                continue
             try:
                 chunk = os.read(main, 65536)
             except OSError:  # EIO: the child side is closed and drained
@@ -151,7 +156,9 @@ def test_on_a_terminal_of_unknown_size_the_epoch_bars_still_show(tmp_path, cache
             if not chunk:
                 break
             chunks.append(chunk)
-        returncode = proc.wait(timeout=300)
+        else:
+            proc.kill()
+        returncode = proc.wait(timeout=30)
     finally:
         os.close(main)
     out = b"".join(chunks).decode(errors="replace").replace("\r", "\n")

@@ -102,3 +102,34 @@ def test_masked_rows_with_nan_change_neither_value_nor_gradient():
         g = np.asarray(jax.grad(loss)(poisoned))
         assert np.all(g[3] == 0) and np.all(np.isfinite(g))
         np.testing.assert_allclose(g[:3], jax.grad(clean)(real), rtol=1e-6)
+
+
+def test_labels_a_jitted_function_closes_over_are_checked_and_used():
+    logits = jnp.asarray(RNG.normal(size=(4, 3)).astype(np.float32))
+    labels = jnp.array([0, 2, 1, 1])
+    want = losses.softmax_cross_entropy(logits, labels)
+    for fn in (losses.softmax_cross_entropy, losses.accuracy):
+        np.testing.assert_allclose(jax.jit(lambda z, fn=fn: fn(z, labels))(logits),
+                                   fn(logits, labels), rtol=1e-6)
+    value, _ = jax.jit(jax.value_and_grad(
+        lambda z: losses.softmax_cross_entropy(z, labels)))(logits)
+    np.testing.assert_allclose(value, want, rtol=1e-6)
+    bad = jnp.array([0, 3, 1, 1])  # concrete, though closed over: refused at trace time
+    with pytest.raises(ValueError, match="got 3"):
+        jax.jit(lambda z: losses.softmax_cross_entropy(z, bad))(logits)
+
+
+def test_a_per_position_mask_and_fractional_weights():
+    logits = RNG.normal(size=(2, 3, 4)).astype(np.float32)  # (N, T, K)
+    labels = RNG.integers(0, 4, size=(2, 3))
+    mask = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+    nll = -np.take_along_axis(np_log_softmax(logits.astype(np.float64)), labels[..., None],
+                              -1)[..., 0]
+    got = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                       mask=jnp.asarray(mask))
+    np.testing.assert_allclose(got, nll[mask == 1].mean(), rtol=1e-6)
+    # Weights: sum(w * loss) / sum(w), also when they sum to less than 1.
+    flat, lab = logits[0], labels[0]
+    w = np.array([0.2, 0.0, 0.2], np.float32)
+    got = losses.softmax_cross_entropy(jnp.asarray(flat), jnp.asarray(lab), mask=jnp.asarray(w))
+    np.testing.assert_allclose(got, nll[0][[0, 2]].mean(), rtol=1e-6)

@@ -328,6 +328,17 @@ def test_fit_refuses_labels_outside_the_models_classes(labels, match):
                   epochs=1, batch_size=16)
 
 
+def test_numpy_integers_for_epochs_batch_and_patience():
+    split = _toy()
+    rule = train.EarlyStopping("train_loss", "min", patience=np.int8(2))
+    assert type(rule.patience) is int
+    a = train.fit(_tiny_model(), optax.sgd(0.1), split, epochs=np.int64(2),
+                  batch_size=np.uint8(48), early_stopping=rule)[1]
+    b = train.fit(_tiny_model(), optax.sgd(0.1), split, epochs=2, batch_size=48,
+                  early_stopping=train.EarlyStopping("train_loss", "min", patience=2))[1]
+    assert a == b and len(a) == 2
+
+
 def test_fit_refuses_early_stopping_on_a_metric_it_does_not_report():
     split = _toy()
     for rule, val in ((train.EarlyStopping("val_accuracy"), None),

@@ -307,15 +307,17 @@ def test_numpy_integers_are_accepted_as_sizes_and_bools_are_not() -> None:
     labels, preds = np.array([0, 1, 2, 1]), np.array([0, 2, 2, 1])
     images = rng.random((4, 6, 6, 1))
     cm = confusion_matrix(labels, preds, 3)
-    for i in (np.int64, np.int32):
+    for i in (np.int64, np.int32, np.uint8, np.int8):  # small types: no overflow either
         np.testing.assert_array_equal(filter_grid(w, pad=i(2)), filter_grid(w, pad=2))
         np.testing.assert_array_equal(feature_map_grid(maps, max_channels=i(2)),
                                       feature_map_grid(maps, max_channels=2))
         np.testing.assert_array_equal(confusion_matrix(labels, preds, i(3)), cm)
-        np.testing.assert_array_equal(confusion_matrix_image(cm, cell=i(12)),
-                                      confusion_matrix_image(cm, cell=12))
-        np.testing.assert_array_equal(annotated_grid(images, labels, preds, max_images=i(3)),
-                                      annotated_grid(images, labels, preds, max_images=3))
+        np.testing.assert_array_equal(confusion_matrix_image(cm, cell=i(100)),
+                                      confusion_matrix_image(cm, cell=100))
+        np.testing.assert_array_equal(filter_grid(w, pad=i(100)), filter_grid(w, pad=100))
+        np.testing.assert_array_equal(
+            annotated_grid(images, labels, preds, max_images=i(3), min_size=i(120)),
+            annotated_grid(images, labels, preds, max_images=3, min_size=120))
     with pytest.raises(ValueError, match="pad"):
         filter_grid(w, pad=True)
     with pytest.raises(ValueError, match="num_classes"):
