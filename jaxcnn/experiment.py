@@ -816,7 +816,8 @@ class _Trainer:
             _write_status(self.run_dir, first_step_time=time.time(),
                           time_to_first_step_s=_process_age())
 
-    def _status(self, status: str) -> None:
+    def _status(self, status: str, **extra: Any) -> None:
+        """Write run.json's ``status`` and progress (with ``extra`` values), on process 0."""
         if not self.main:
             return
         final = self.history[-1] if self.history else {}
@@ -826,7 +827,7 @@ class _Trainer:
                       status=status, epochs_done=self.epoch,
                       epochs=self.config.epochs, step=int(self.ts.step), final=final,
                       best_test_accuracy=max(tests) if tests else None,
-                      wall_time_s=self.wall_time())
+                      wall_time_s=self.wall_time(), **extra)
 
     def should_stop_early(self) -> bool:
         cfg = self.config
@@ -942,9 +943,7 @@ def _train(config: Config, run_dir: Path, *, resume_from: Path | None,
                 trainer.writer.flush()  # on disk before the status says so
             trainer._status("completed" if completed else "stopped")
         except Exception as e:  # a crash: the checkpoints stay, run.json says what happened
-            if trainer.main:
-                trainer._status("failed")
-                _write_status(run_dir, error=_error_text(e))
+            trainer._status("failed", error=_error_text(e))
             raise
         finally:
             trainer.close()

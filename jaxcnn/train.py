@@ -160,19 +160,23 @@ def _is_classification(labels: Array) -> bool:
     return labels.ndim == 1 and jnp.issubdtype(labels.dtype, jnp.integer)
 
 
-def _one_hot_like(labels_shape: Shape, logits_shape: Shape) -> bool:
-    return tuple(labels_shape) == tuple(logits_shape) and len(logits_shape) == 2 and \
-        logits_shape[-1] > 1
+def _target_kind(labels: Array | np.ndarray, logits_shape: Shape) -> str | None:
+    """How accuracy reads ``labels`` for logits (N, K): ``"index"`` for integer class labels
+    (N,), ``"one_hot"`` for one-hot or soft targets (N, K > 1) (e.g. for ``mse``), None for
+    other targets, which get no accuracy."""
+    if _is_classification(labels):
+        return "index"
+    if labels.ndim == 2 and len(logits_shape) == 2 and labels.shape[1] == logits_shape[1] > 1:
+        return "one_hot"
+    return None
 
 
 def _accuracy(logits: Array, labels: Array, mask: Array | None) -> Array | None:
-    """Accuracy for integer class labels (N,), and for targets of the logits' shape (N, K > 1),
-    one-hot or soft (e.g. for ``mse``), against their arg-max; None for other targets."""
-    if _is_classification(labels):
-        return accuracy(logits, labels, mask=mask)
-    if _one_hot_like(labels.shape, logits.shape):
-        return accuracy(logits, jnp.argmax(labels, -1), mask=mask)
-    return None
+    """Accuracy as :func:`_target_kind` reads the labels (one-hot ones by their arg-max)."""
+    kind = _target_kind(labels, logits.shape)
+    if kind is None:
+        return None
+    return accuracy(logits, labels if kind == "index" else jnp.argmax(labels, -1), mask=mask)
 
 
 def _check_fit_targets(where: str, name: str, labels: np.ndarray, logits_shape: Shape) -> None:
@@ -691,16 +695,13 @@ def fit(
     logits = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=False)[0], ts.params,
                             ts.state, jax.ShapeDtypeStruct((1, *train.images.shape[1:]),
                                                            train.images.dtype)).shape
-    keys = ["train_loss"]
+    keys = []  # the metrics each epoch's record will hold
     for name, split in (("train", train), ("val", val)):
-        if split is None:
-            continue
-        _check_fit_targets("fit", name, split.labels, logits)
-        labels = np.asarray(split.labels)
-        keys = keys + [f"{name}_loss"] * (name == "val")
-        if (labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)) or \
-                _one_hot_like((1, *labels.shape[1:]), logits):
-            keys.append(f"{name}_accuracy")
+        if split is not None:
+            _check_fit_targets("fit", name, split.labels, logits)
+            keys.append(f"{name}_loss")
+            if _target_kind(np.asarray(split.labels), logits):
+                keys.append(f"{name}_accuracy")
     if early_stopping is not None and early_stopping.metric not in keys:
         raise ValueError(f"fit: early_stopping watches {early_stopping.metric!r}, which this "
                          f"training does not report; pick one of {', '.join(keys)}"
