@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-from jaxcnn.ops import _is_int
 
 __all__ = [
     "annotated_grid",
@@ -42,6 +41,12 @@ __all__ = [
     "grid_size",
     "misclassified",
 ]
+
+
+def _is_int(v: object) -> bool:
+    """An integer, Python's or NumPy's, but not a bool (as ``jaxcnn.ops._is_int``, which this
+    module cannot import: it stays free of JAX)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
 
 
 _LINE = 14  # pixel height of one line of text (PIL's default font is 10 px, ~12 px with descent)
