@@ -27,11 +27,12 @@ things with the same message.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -116,16 +117,23 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def run_main(config: Any, argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+def run_main(config: Any, argv: Sequence[str] | None = None, *, prog: str | None = None,
+             model: Callable[[Any], Any] | None = None, data: Callable[[Any], Any] | None = None,
+             loss: Callable[[Any], Any] | None = None) -> int:
     """Run ``config`` (an experiment script's ``get_config()``) with the overrides in ``argv``
     (default ``sys.argv[1:]``), or resume a run with ``--resume RUN_DIR``; returns the exit code.
 
-    >>> raise SystemExit(run_main(get_config()))  # doctest: +SKIP
+    ``model``, ``data`` and ``loss`` are the script's ``get_model(config) -> Layer``,
+    ``get_data(config) -> jaxcnn.data.Splits`` and ``get_loss(config) -> loss_fn``, each
+    optional (see :func:`jaxcnn.experiment.run`).
+
+    >>> raise SystemExit(run_main(get_config(), model=get_model))  # doctest: +SKIP
     """
     from jaxcnn import experiment
 
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or Path(sys.argv[0]).name
+    given = {"model": model, "data": data, "loss_fn": loss}
     try:
         overrides, options = parse_overrides(argv, config)
         if options["help"]:
@@ -133,14 +141,14 @@ def run_main(config: Any, argv: Sequence[str] | None = None, *, prog: str | None
             return EXIT_OK
         if options["resume"] is not None:
             return _finish(lambda: experiment.resume(options["resume"], overrides=overrides,
-                                                     force=options["force"]))
+                                                     force=options["force"], **given))
         if options["force"]:
             raise ConfigError("--force only applies with --resume RUN_DIR")
         cfg = config_lib.override(config, overrides)
     except ConfigError as e:
         _error(str(e))
         return EXIT_USAGE
-    return _finish(lambda: experiment.run(cfg))
+    return _finish(lambda: experiment.run(cfg, **given))
 
 
 def _finish(job) -> int:
@@ -160,11 +168,13 @@ def _finish(job) -> int:
     except JaxcnnError as e:
         _error(str(e))
         return EXIT_FAILED
-    acc = result.final.get("test_accuracy")
+    acc = result.test_accuracy
     done = "" if result.completed else " (stopped early; resume to continue)"
     if acc is not None:
-        print(f"run {result.run_dir}: test_accuracy={acc:.4f} "
-              f"best_test_accuracy={result.best_test_accuracy:.4f}{done}")
+        best = result.best_val_test_accuracy
+        at_best = (f" test_accuracy_at_best_val={best:.4f} (epoch {result.best['epoch']})"
+                   if best is not None else "")
+        print(f"run {result.run_dir}: test_accuracy={acc:.4f}{at_best}{done}")
     else:
         print(f"run {result.run_dir}: done")
     return EXIT_OK
@@ -174,39 +184,65 @@ def _finish(job) -> int:
 # Finding experiments
 
 
+def _builtin_dir() -> Path | None:
+    """The folder of the built-in experiments: the ``jaxcnn.experiments`` package, which is the
+    repo's ``experiments/`` folder in a source checkout or editable install and a copy in
+    site-packages after a plain ``pip install``; None when it cannot be found."""
+    try:
+        root = importlib.resources.files("jaxcnn.experiments")
+    except (ImportError, TypeError):
+        return None
+    if isinstance(root, Path):
+        return root
+    try:  # another kind of resource container: fall back to the package's own file
+        import jaxcnn.experiments as builtin
+    except ImportError:
+        return None
+    file = getattr(builtin, "__file__", None)
+    return Path(file).parent if file else None
+
+
 def _experiment_dirs() -> list[Path]:
+    """Where experiment names are looked up, in order: ``./experiments``, then the built-ins."""
     dirs = [Path.cwd() / "experiments"]
-    source = Path(__file__).resolve().parent.parent / "experiments"
-    if source.resolve() != dirs[0].resolve():
-        dirs.append(source)
+    builtin = _builtin_dir()
+    if builtin is not None and builtin.resolve() != dirs[0].resolve():
+        dirs.append(builtin)
     return dirs
 
 
+def _scripts(folder: Path) -> list[Path]:
+    # Files starting with "_" (``__init__.py``, helpers) are not experiments.
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_") and p.is_file()]
+
+
 def find_experiments() -> dict[str, Path]:
-    """``{name: script}`` of the experiment scripts in ``./experiments`` and beside the
-    package's source tree (the current folder's win)."""
+    """``{name: script}`` of the experiment scripts in ``./experiments`` and the built-in ones
+    (package ``jaxcnn.experiments``); a script in the current folder's wins over a built-in."""
     found: dict[str, Path] = {}
     for folder in _experiment_dirs():
-        if folder.is_dir():
-            for p in sorted(folder.glob("*.py")):
-                if not p.name.startswith("_"):
-                    found.setdefault(p.stem, p)
+        for p in _scripts(folder):
+            found.setdefault(p.stem, p)
     return found
 
 
 def resolve_experiment(spec: str) -> Path:
-    """The script of experiment ``spec``: a path to a ``.py`` file, or a name looked up in
-    ``./experiments/`` then in the package source tree's ``experiments/``."""
+    """The script of experiment ``spec``: a path to a ``.py`` file, or a name looked up as
+    ``./experiments/<name>.py``, then among the built-in experiments (``jaxcnn list``)."""
     path = Path(spec)
     if spec.endswith(".py") or os.sep in spec or "/" in spec:
         if path.is_file():
             return path
         raise ConfigError(f"experiment script {spec} does not exist; pass a path to an "
-                          f"experiment .py file or a name from: {', '.join(find_experiments())}")
-    for folder in _experiment_dirs():
-        candidate = folder / f"{spec}.py"
-        if candidate.is_file():
-            return candidate
+                          f"experiment .py file or a name from: "
+                          f"{', '.join(find_experiments()) or 'none found'}")
+    if not spec.startswith("_"):
+        for folder in _experiment_dirs():
+            candidate = folder / f"{spec}.py"
+            if candidate.is_file():
+                return candidate
     names = ", ".join(find_experiments()) or "none found"
     looked = ", ".join(str(d) for d in _experiment_dirs())
     raise ConfigError(f"experiment {spec!r} is not in {looked}; valid names are {names}, or "
@@ -216,13 +252,10 @@ def resolve_experiment(spec: str) -> Path:
 def load_experiment(spec: str) -> ModuleType:
     """Import experiment ``spec`` (see :func:`resolve_experiment`); it must define
     ``get_config()``."""
+    from jaxcnn.scripts import import_file
+
     path = resolve_experiment(spec)
-    name = f"_jaxcnn_experiment_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"experiment script {path} cannot be imported")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = import_file(path)
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"experiment script {path} has no get_config() function; define one "
                           f"that returns a jaxcnn.config.Config")
@@ -254,8 +287,9 @@ def _duration(v: Any) -> str:
 
 
 def runs_table(directory: str | os.PathLike[str] = "runs") -> str:
-    """A text table of the runs under ``directory``: experiment, start time, key hparams, final
-    and best test accuracy, epochs done/planned, wall time and status, oldest first."""
+    """A text table of the runs under ``directory``: experiment, start time, key hparams, the
+    final test accuracy and the test accuracy at the best validation epoch, epochs
+    done/planned, wall time and status, oldest first."""
     root = Path(directory)
     if not root.is_dir():
         raise RunError(f"runs folder {root} does not exist; pass the folder your runs went to "
@@ -274,11 +308,11 @@ def runs_table(directory: str | os.PathLike[str] = "runs") -> str:
             str(cfg.get("model", "-")), str(cfg.get("dataset", "-")),
             str(cfg.get("optimizer", "-")), str(cfg.get("lr", "-")),
             str(cfg.get("batch_size", "-")), str(cfg.get("seed", "-")),
-            _acc(final.get("test_accuracy")), _acc(status.get("best_test_accuracy")),
+            _acc(final.get("test_accuracy")), _acc((status.get("best") or {}).get("test_accuracy")),
             f"{status.get('epochs_done', 0)}/{status.get('epochs', cfg.get('epochs', '?'))}",
             _duration(status.get("wall_time_s")), str(status.get("status", "?"))]))
     head = ["run", "experiment", "start", "model", "dataset", "optimizer", "lr", "batch", "seed",
-            "test acc", "best test acc", "epochs", "wall time", "status"]
+            "test acc", "test acc @ best val", "epochs", "wall time", "status"]
     if not rows:
         return f"no runs under {root}"
     body = [r for _, r in sorted(rows, key=lambda r: r[0])]
@@ -325,8 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(runs_table(args.dir))
             return EXIT_OK
         if args.command == "list":
-            for name, path in find_experiments().items():
+            found = find_experiments()
+            for name, path in found.items():
                 print(f"{name:<20} {path}")
+            if not found:
+                looked = ", ".join(str(d) for d in _experiment_dirs())
+                print(f"no experiments found in {looked}", file=sys.stderr)
             return EXIT_OK
         if args.command == "resume":
             from jaxcnn import experiment
@@ -340,8 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      force=options["force"]))
         module = load_experiment(args.experiment)
         config = module.get_config()
+        user_code = {key: getattr(module, f"get_{key}", None) for key in ("model", "data", "loss")}
         if args.command == "run":
-            return run_main(config, args.overrides, prog=f"jaxcnn run {args.experiment}")
+            return run_main(config, args.overrides, prog=f"jaxcnn run {args.experiment}",
+                            **user_code)
         overrides, options = parse_overrides(args.overrides, config)
         if options["help"]:
             print(_usage(config, f"jaxcnn summary {args.experiment}"))
@@ -350,10 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jaxcnn import experiment
 
         if isinstance(config, config_lib.FiltersConfig):
-            print(experiment.filters_summary(config))
+            from jaxcnn.filters_demo import filters_summary
+
+            print(filters_summary(config))
         else:
-            print(f"{config.experiment}: {config.model} on {config.dataset}")
-            print(experiment.model_summary(config))
+            print(experiment.model_summary(config, model=user_code["model"],
+                                           data=user_code["data"]))
         return EXIT_OK
     except ConfigError as e:
         _error(str(e))

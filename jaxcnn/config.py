@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -28,9 +29,9 @@ from typing import Any
 from jaxcnn.errors import ConfigError
 
 __all__ = [
-    "DATASETS", "DRIVERS", "MAX_SEED", "MODELS", "ON_NONFINITE", "OPTIMIZERS", "RESUMABLE_KEYS",
-    "SCHEDULES", "Config", "FiltersConfig", "changed_keys", "field_types", "from_dict", "from_json",
-    "override", "to_dict", "to_json", "valid_keys",
+    "DATASETS", "DRIVERS", "HOUSEKEEPING_KEYS", "LOSSES", "MAX_SEED", "MODELS", "ON_NONFINITE",
+    "OPTIMIZERS", "RESUMABLE_KEYS", "SCHEDULES", "Config", "FiltersConfig", "changed_keys",
+    "field_types", "from_dict", "from_json", "override", "to_dict", "to_json", "valid_keys",
 ]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -39,6 +40,7 @@ DRIVERS = ("auto", "scan", "loop")
 ON_NONFINITE = ("stop", "skip")
 MODELS = ("simple_cnn", "lenet5", "vgg", "vgg_small", "resnet20")
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+LOSSES = ("softmax_cross_entropy",)
 #: The largest seed: JAX's PRNG keys (without x64) and scikit-learn's split take 32 bits.
 MAX_SEED = 2**32 - 1
 
@@ -47,6 +49,13 @@ MAX_SEED = 2**32 - 1
 RESUMABLE_KEYS = frozenset({
     "epochs", "runs_dir", "data_dir", "log_every", "num_feature_samples", "keep_checkpoints",
     "driver", "data_parallel", "distributed", "steps_per_call",
+})
+
+#: Keys that say where and how a run is kept, not what it computes: left out of the hparams
+#: that compare runs.
+HOUSEKEEPING_KEYS = frozenset({
+    "runs_dir", "data_dir", "log_every", "num_feature_samples", "keep_checkpoints", "driver",
+    "data_parallel", "distributed", "steps_per_call", "on_nonfinite",
 })
 
 
@@ -67,6 +76,10 @@ class Config:
     """A classification experiment: data, model, optimizer, schedule, logging and checkpoints.
 
     ``experiment`` names the run folder ``<runs_dir>/<experiment>/<timestamp>-<id>/``.
+    ``dataset`` is one of :data:`DATASETS` or a folder of the user's images (see
+    :func:`jaxcnn.data.load`; ``image_size`` resizes them), ``model`` one of :data:`MODELS`,
+    ``loss`` one of :data:`LOSSES`; an experiment script's ``get_model``, ``get_data`` or
+    ``get_loss`` replaces them (:func:`jaxcnn.experiment.run`).
     ``optimizer`` is one of :data:`OPTIMIZERS` ("momentum" is SGD with ``momentum``; "adamw"
     uses ``weight_decay`` decoupled, the others add ``weight_decay * w`` to the gradient).
     ``schedule`` is one of :data:`SCHEDULES`: "cosine" decays ``lr`` to 0 over the run,
@@ -93,7 +106,9 @@ class Config:
     experiment: str = "experiment"
     dataset: str = "digits"
     data_dir: str | None = None
+    image_size: int | None = None
     model: str = "simple_cnn"
+    loss: str = "softmax_cross_entropy"
     epochs: int = 10
     batch_size: int = 32
     optimizer: str = "momentum"
@@ -122,8 +137,18 @@ class Config:
     def __post_init__(self) -> None:
         _check_types(self)
         name = type(self).__name__
-        _check_choice(name, "dataset", self.dataset, DATASETS)
+        if self.dataset not in DATASETS and not _is_folder(self.dataset):
+            raise ConfigError(f"{name}: dataset={self.dataset!r} is neither one of "
+                              f"{', '.join(DATASETS)} nor a folder of images; pass one of them, "
+                              f"or the path of a folder laid out <folder>/<class>/*.png")
         _check_choice(name, "model", self.model, MODELS)
+        _check_choice(name, "loss", self.loss, LOSSES)
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"{name}: image_size={self.image_size!r} but it must be >= 1 "
+                              f"(or none to keep the images' own size)")
+        if self.image_size is not None and self.dataset in DATASETS:
+            raise ConfigError(f"{name}: image_size applies to folder datasets, but dataset="
+                              f"{self.dataset!r} is built in; leave image_size unset")
         _check_choice(name, "optimizer", self.optimizer, OPTIMIZERS)
         _check_choice(name, "schedule", self.schedule, SCHEDULES)
         _check_choice(name, "driver", self.driver, DRIVERS)
@@ -142,6 +167,11 @@ class Config:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"{name}: val_fraction={self.val_fraction!r} but it must lie in "
                               f"[0, 1); pass e.g. 0.1, or 0 for no validation split")
+        if self.early_stopping_patience and not self.val_fraction:
+            raise ConfigError(f"{name}: early_stopping_patience={self.early_stopping_patience} "
+                              f"needs a validation split to watch (the test split is for "
+                              f"reporting only); pass --val-fraction 0.1, or "
+                              f"--early-stopping-patience 0")
         if not _is_identifier_like(self.experiment):
             raise ConfigError(f"{name}: experiment={self.experiment!r} must be a non-empty name "
                               f"of letters, digits, '_', '-' or '.', since it names a folder")
@@ -179,6 +209,11 @@ class FiltersConfig:
 
 _CLASSES: dict[str, type] = {"Config": Config, "FiltersConfig": FiltersConfig}
 AnyConfig = Config | FiltersConfig
+
+
+def _is_folder(dataset: str) -> bool:
+    """Whether ``dataset`` names a folder: a path with a separator, or an existing folder."""
+    return bool(dataset) and ("/" in dataset or os.sep in dataset or os.path.isdir(dataset))
 
 
 def _is_identifier_like(name: str) -> bool:

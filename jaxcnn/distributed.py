@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 __all__ = [
     "ENV_COORDINATOR", "ENV_COORDINATOR_BIND", "ENV_LOCAL_DEVICE_IDS", "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID", "initialize",
-    "is_main_process", "replicate", "shard_batch", "to_host",
+    "is_main_process", "local_copy", "replicate", "shard_batch", "to_host",
 ]
 
 #: ``host:port`` of process 0's coordinator, read when ``coordinator_address`` is None.
@@ -218,3 +218,10 @@ def to_host(tree: Any) -> Any:
         return np.asarray(x)
 
     return jax.tree.map(get, tree)
+
+
+def local_copy(tree: Any) -> Any:
+    """``tree`` with every array replicated over several processes replaced by this process's
+    own copy, so the main process can save it without a collective."""
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) and
+                        not x.is_fully_addressable else x, tree)

@@ -19,15 +19,15 @@ import numpy as np
 from jaxcnn import ops
 from jaxcnn._types import Array, Padding
 from jaxcnn.errors import LayerError
-from jaxcnn.layers import (
+from jaxcnn.layers.core import (
     Layer,
     LayerInfo,
-    _check_padding,
-    _check_shape,
-    _eval_out_shape,
-    _make,
-    _pair,
-    _wrap_apply,
+    check_padding,
+    check_pair,
+    check_shape,
+    eval_out_shape,
+    make_layer,
+    wrap_apply,
 )
 from jaxcnn.ops import _is_int, _is_real
 
@@ -104,24 +104,24 @@ def FixedConv(kernel: np.ndarray | Array, *, padding: Padding = "SAME", stride: 
         raise LayerError(kind, name, f"kernel must have shape (kh, kw) or (kh, kw, 1, 1), got "
                          f"{k.shape}")
     window = (k.shape[0], k.shape[1])
-    strides = _pair(stride, "stride", kind, name)
-    padding = _check_padding(padding, kind, name)
+    strides = check_pair(stride, "stride", kind, name)
+    padding = check_padding(padding, kind, name)
 
     def apply_(params, state, x, *, key=None, train=False):
         w = _depthwise(k, x)
         return ops.conv2d(x, w, stride=strides, padding=padding, groups=x.shape[-1]), state
 
-    apply = _wrap_apply(kind, name, apply_)
+    apply = wrap_apply(kind, name, apply_)
 
     def init(key, in_shape):
-        _check_shape(kind, name, in_shape, 4, "(N, H, W, C)")
-        return _eval_out_shape(apply, {}, {}, in_shape), {}, {}
+        check_shape(kind, name, in_shape, 4, "(N, H, W, C)")
+        return eval_out_shape(apply, {}, {}, in_shape), {}, {}
 
     def macs(in_shape, out_shape):
         return math.prod(out_shape[1:]) * window[0] * window[1]
 
-    return _make(init, apply, LayerInfo(kind, kind.lower(), name, window, strides, macs=macs,
-                                        per_example=True))
+    return make_layer(init, apply, LayerInfo(kind, kind.lower(), name, window, strides,
+                                             macs=macs, per_example=True))
 
 
 def sobel_edges(x: Array) -> tuple[Array, Array]:

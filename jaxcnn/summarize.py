@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 
 import jax
 
+from jaxcnn import walk
 from jaxcnn._types import Shape
-from jaxcnn.layers import Layer, layer_info
+from jaxcnn.layers.core import Layer, format_shape
 
 __all__ = ["Summary", "SummaryRow", "summary"]
 
@@ -70,7 +71,7 @@ class Summary:
     def __str__(self) -> str:
         head = ("layer", "kind", "output shape", "params", "neurons", "receptive field", "jump",
                 "MACs")
-        body = [(r.name, r.kind, _shape(r.out_shape), f"{r.params:,}", f"{r.neurons:,}",
+        body = [(r.name, r.kind, format_shape(r.out_shape), f"{r.params:,}", f"{r.neurons:,}",
                  _hw(r.receptive_field), _hw(r.jump), f"{r.macs:,}") for r in self.rows]
         foot = ("total", "", "", f"{self.total_params:,}", "", "", "", f"{self.total_macs:,}")
         widths = [max(len(row[i]) for row in (head, *body, foot)) for i in range(len(head))]
@@ -83,10 +84,6 @@ class Summary:
         rule = "-" * len(line(head))
         extra = f"\nnon-trainable state: {self.total_state:,}" if self.total_state else ""
         return "\n".join([line(head), rule, *map(line, body), rule, line(foot)]) + extra
-
-
-def _shape(shape: Shape) -> str:
-    return "(" + ", ".join("N" if d is None or d == -1 else str(d) for d in shape) + ")"
 
 
 def _hw(v: tuple[int, int] | None) -> str:
@@ -133,39 +130,33 @@ def _merge(a, b):
     return tuple(max(x, y) for x, y in zip(a, b, strict=True))
 
 
-def _walk(layer: Layer, path: str, in_shape: Shape, rf, jump, rows: list):
-    info = layer_info(layer)
-    prefix = f"{path}/" if path else ""
-    if info.kind == "Serial":
-        shape = in_shape
-        for nm, child in info.children:
-            shape, rf, jump = _walk(child, prefix + nm, shape, rf, jump, rows)
-        return shape, rf, jump
-    if info.kind in ("Parallel", "Residual"):
-        branches = info.children
-        if info.kind == "Residual":
-            body = tuple((nm, ch) for nm, ch in branches if nm != "shortcut")
-            branches = ((None, body),) + tuple((nm, ch) for nm, ch in branches
-                                               if nm == "shortcut")
-        out_rf, out_jump = (None, None)
-        for nm, child in branches:
-            if nm is None:  # a residual's body: its layers in series
-                b_shape, b_rf, b_jump = in_shape, rf, jump
-                for cn, c in child:
-                    b_shape, b_rf, b_jump = _walk(c, prefix + cn, b_shape, b_rf, b_jump, rows)
-            else:
-                b_shape, b_rf, b_jump = _walk(child, prefix + nm, in_shape, rf, jump, rows)
+def _rows(model: Layer, in_shape: Shape, rf, jump) -> list[SummaryRow]:
+    """A row per leaf and per merging combinator (a serial one adds none), in apply's order:
+    the value carried through the model is (shape, receptive field, jump)."""
+    rows: list[SummaryRow] = []
+
+    def leaf(node: walk.Node, flow):
+        shape, rf, jump = flow
+        out_shape, params, state = _init_abstract(node.layer, shape)
+        rf, jump = _geometry(node.info, shape, out_shape, rf, jump)
+        macs = node.info.macs(shape, out_shape) if node.info.macs else 0
+        rows.append(SummaryRow(node.label, node.info.kind, out_shape, _count(params),
+                               _count(state), math.prod(out_shape[1:]), rf, jump, macs))
+        return out_shape, rf, jump
+
+    def merge(node: walk.Node, flow, outputs):
+        if node.info.combine is None:  # serial: its children's rows are its rows
+            return outputs[0]
+        out_rf = out_jump = None
+        for _, b_rf, b_jump in outputs:
             out_rf, out_jump = _merge(out_rf, b_rf), _merge(out_jump, b_jump)
-        out_shape, _, _ = _init_abstract(layer, in_shape)
-        rows.append(SummaryRow(path or info.base, f"{info.kind}({info.combine})", out_shape, 0, 0,
-                               math.prod(out_shape[1:]), out_rf, out_jump, 0))
+        out_shape, _, _ = _init_abstract(node.layer, flow[0])
+        rows.append(SummaryRow(node.label, f"{node.info.kind}({node.info.combine})", out_shape,
+                               0, 0, math.prod(out_shape[1:]), out_rf, out_jump, 0))
         return out_shape, out_rf, out_jump
-    out_shape, params, state = _init_abstract(layer, in_shape)
-    rf, jump = _geometry(info, in_shape, out_shape, rf, jump)
-    macs = info.macs(in_shape, out_shape) if info.macs else 0
-    rows.append(SummaryRow(path or info.base, info.kind, out_shape, _count(params),
-                           _count(state), math.prod(out_shape[1:]), rf, jump, macs))
-    return out_shape, rf, jump
+
+    walk.propagate(model, (in_shape, rf, jump), leaf=leaf, merge=merge)
+    return rows
 
 
 def summary(model: Layer, in_shape: Shape) -> Summary:
@@ -182,5 +173,5 @@ def summary(model: Layer, in_shape: Shape) -> Summary:
                                          math.prod(d for d in in_shape[1:]),
                                          (1, 1) if spatial else None,
                                          (1, 1) if spatial else None, 0)]
-    _walk(model, "", in_shape, rows[0].receptive_field, rows[0].jump, rows)
+    rows += _rows(model, in_shape, rows[0].receptive_field, rows[0].jump)
     return Summary(tuple(rows))

@@ -226,8 +226,10 @@ def test_read_idx_wrong_magic():
 
 def test_load_small_mnist_pixels_and_layouts(tmp_path, monkeypatch):
     arrays = _write_mnist(tmp_path / "a" / "mnist", monkeypatch)
-    (x, y), (xt, yt) = data.load("mnist", data_dir=tmp_path / "a", download=False)
+    splits = data.load("mnist", data_dir=tmp_path / "a", download=False)
+    (x, y), (xt, yt) = splits
     assert x.shape == (5, 28, 28, 1) and xt.shape == (3, 28, 28, 1)
+    assert splits.class_names == tuple("0123456789")
     # Pixel (i, h, w) of the file is images[i, h, w, 0] == byte / 255.
     src = arrays["train-images-idx3-ubyte.gz"]
     assert x[2, 3, 17, 0] == np.float32(src[2, 3, 17]) / np.float32(255)
@@ -465,8 +467,10 @@ def test_cifar10_tiny_archive(tmp_path, monkeypatch):
     blob = _cifar_archive(tmp_path / "cifar10" / "cifar-10-python.tar.gz", batches)
     monkeypatch.setitem(data.CHECKSUMS, ("cifar10", "cifar-10-python.tar.gz"), _md5(blob))
 
-    (x, y), (xt, yt) = data.load("cifar10", data_dir=tmp_path, download=False)
+    splits = data.load("cifar10", data_dir=tmp_path, download=False)
+    (x, y), (xt, yt) = splits
     assert x.shape == (10, 32, 32, 3) and xt.shape == (2, 32, 32, 3)
+    assert splits.class_names[0] == "airplane" and splits.class_names[9] == "truck"
     assert x.dtype == np.float32 and y.dtype == np.int32
     assert y.tolist() == [0, 9, 1, 8, 2, 7, 3, 6, 4, 5] and yt.tolist() == [5, 4]
     assert xt[1, 3, 17, 2] == np.float32(201) / np.float32(255)
@@ -488,11 +492,26 @@ def test_cifar10_missing_batch_is_data_error(tmp_path, monkeypatch):
 # Names and info
 
 
-def test_unknown_name():
-    with pytest.raises(ValueError, match=r"'imagenet'; valid names are digits, mnist, fashion"):
+def test_unknown_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^Unknown dataset 'imagenet': it is not a built-in name "
+                       r"\(digits, mnist, fashion_mnist, cifar10\) and no folder "
+                       + re.escape(str(tmp_path / "imagenet")) + r" exists; .*a folder of class"):
         data.load("imagenet")
-    with pytest.raises(ValueError, match=r"valid names are .*cifar10"):
+    with pytest.raises(ValueError, match=r"built-in name \(digits, .*cifar10\)"):
         data.info("MNIST")
+    # A word naming an existing folder is a folder, not an unknown name.
+    (tmp_path / "imagenet").mkdir()
+    with pytest.raises(DataError, match="has no class subfolders"):
+        data.load("imagenet")
+
+
+def test_builtin_refuses_image_size():
+    with pytest.raises(ValueError, match=r"image_size=32 applies to image folders only, but "
+                       r"mnist is a built-in dataset of \(28, 28, 1\) images"):
+        data.load("mnist", image_size=32, download=False)
+    with pytest.raises(ValueError, match="applies to image folders only"):
+        data.info("digits", image_size=8)
 
 
 def test_info():
@@ -514,11 +533,30 @@ def test_info():
         cifar.num_classes = 11
 
 
-def test_data_module_imports_no_jax():
-    tree = ast.parse(Path(data.__file__).read_text())
+@pytest.mark.parametrize("module", ["data", "datasets", "downloads", "image_folder", "splits"])
+def test_data_modules_import_no_jax_and_no_private_names(module):
+    source = Path(data.__file__).with_name(f"{module}.py").read_text()
+    tree = ast.parse(source)
     imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    froms = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [n.module or "" for n in froms]
     assert imported and not [m for m in imported if m == "jax" or m.startswith("jax.")]
+    # Only public names cross between jaxcnn's modules.
+    private = [(n.module, a.name) for n in froms if (n.module or "").startswith("jaxcnn")
+               for a in n.names if a.name.startswith("_")]
+    assert not private, private
+    # Pillow and scikit-learn are imported when called, never at import time.
+    top = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+    top += [n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in top if m.split(".")[0] in ("PIL", "sklearn")], top
+
+
+def test_every_old_public_name_is_still_in_data():
+    for name in ("CHECKSUMS", "DATASETS", "MIRRORS", "Batch", "DatasetInfo", "Split", "Splits",
+                 "batch_indices", "channel_stats", "default_cache_dir", "info", "iterate_batches",
+                 "load", "normalize", "read_idx", "train_val_split"):
+        assert name in data.__all__ and hasattr(data, name), name
+    assert all(hasattr(data, name) for name in data.__all__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,6 +590,23 @@ def test_digits_stratified_and_deterministic(digits):
     again = data.load("digits")
     np.testing.assert_array_equal(again.train.images, digits.train.images)
     np.testing.assert_array_equal(again.test.labels, digits.test.labels)
+
+
+def test_splits_unpack_as_a_pair_and_carry_class_names(digits):
+    assert digits.class_names == tuple("0123456789")
+    (x, y), (xt, yt) = digits
+    train, test = digits
+    assert train is digits.train is digits[0] is digits[-2] and test is digits.test is digits[1]
+    assert x is train.images and yt is test.labels
+    assert len(digits) == 2 and list(digits) == [train, test] and digits[:] == (train, test)
+    with pytest.raises(IndexError):
+        digits[2]
+    plain = data.Splits(train, test)  # the two-argument construction still works
+    assert plain.class_names is None and plain.train is train
+    named = data.Splits(train, test, class_names=("a", "b"))
+    assert named.class_names == ("a", "b") and len(named) == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        named.class_names = ("c",)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import json
 import math
@@ -23,7 +24,14 @@ import numpy as np
 import pytest
 from _events import accumulator
 from PIL import Image
+from tensorboard import context as tb_context
+from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.plugins import base_plugin
+from tensorboard.plugins.hparams import api_pb2 as hparams_api
+from tensorboard.plugins.hparams import backend_context as hparams_backend
+from tensorboard.plugins.hparams import list_session_groups
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import jaxcnn.tracking as tracking
@@ -59,6 +67,27 @@ def _as_uint8(x: np.ndarray) -> np.ndarray:
 
 def _dirs(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.is_dir()]
+
+
+def _session_groups(logdir: Path) -> list[hparams_api.SessionGroup]:
+    """What TensorBoard's HParams dashboard lists for the runs under ``logdir``: the hparams
+    plugin's own ``/session_groups`` handler over its own data provider, in this process."""
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = tb_data_provider.MultiplexerDataProvider(mux, str(logdir))
+    backend = hparams_backend.Context(
+        base_plugin.TBContext(logdir=str(logdir), multiplexer=mux, data_provider=provider)
+    )
+    request = hparams_api.ListSessionGroupsRequest(
+        start_index=0,
+        slice_size=10,
+        allowed_statuses=[
+            hparams_api.STATUS_UNKNOWN, hparams_api.STATUS_SUCCESS, hparams_api.STATUS_RUNNING
+        ],
+    )
+    handler = list_session_groups.Handler(tb_context.RequestContext(), backend, "", request)
+    return list(handler.run().session_groups)
 
 
 WRITERS = {
@@ -155,6 +184,79 @@ def test_tensorboard_writer_round_trip(tmp_path: Path, asynchronous: bool) -> No
     experiment = hparams_metadata.parse_experiment_plugin_data(content["_hparams_/experiment"])
     assert [m.name.tag for m in experiment.metric_infos] == ["hparams/test_accuracy"]
     assert _scalars(acc, "hparams/test_accuracy") == [(5, 0.75)]
+
+
+
+def test_hparams_without_metric_scalars_name_the_curves(tmp_path: Path) -> None:
+    """write_metrics=False: the hparams records name the curve tags, no scalar is added to them
+    (no duplicate final step) and no single-point chart appears; the dashboard takes each
+    metric's value from the last point of its curve."""
+    run = tmp_path / "logs" / "run1"
+    with TensorBoardWriter(run) as w:
+        for step in (1, 2, 3):
+            w.write_scalars(step, {"test/accuracy": 0.5 + 0.125 * step, "test/loss": 1.0 / step})
+        w.write_hparams(
+            {"lr": 0.1, "model": "cnn"},
+            # test/loss has a curve; val/accuracy does not (this run has no validation split).
+            {"test/accuracy": 0.875, "test/loss": 1 / 3, "val/accuracy": 0.5},
+            step=3,
+            write_metrics=False,
+        )
+
+    acc = accumulator(run)
+    assert sorted(acc.Tags()["scalars"]) == ["test/accuracy", "test/loss"]  # no hparams/... tag
+    assert _scalars(acc, "test/accuracy") == [(1, 0.625), (2, 0.75), (3, 0.875)]
+    content = acc.PluginTagToContent("hparams")
+    experiment = hparams_metadata.parse_experiment_plugin_data(content["_hparams_/experiment"])
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "test/accuracy", "test/loss", "val/accuracy"
+    ]
+
+    (group,) = _session_groups(tmp_path / "logs")
+    assert {k: v.WhichOneof("kind") for k, v in group.hparams.items()} == {
+        "lr": "number_value", "model": "string_value"
+    }
+    (session,) = group.sessions
+    assert session.name == "run1"
+    found = {m.name.tag: (m.training_step, m.value) for m in session.metric_values}
+    # val/accuracy has no series, so the dashboard shows no value for it: values come from the
+    # curves, never from the hparams records.
+    assert found == {"test/accuracy": (3, 0.875), "test/loss": (3, pytest.approx(1 / 3))}
+
+
+def test_hparams_with_metric_scalars_by_default(tmp_path: Path) -> None:
+    """The default (write_metrics=True) writes each metric as a scalar at ``step``, which the
+    dashboard then shows: a tag of its own becomes a one-point series, a curve's tag gets a point
+    appended."""
+    run = tmp_path / "logs" / "run1"
+    with TensorBoardWriter(run) as w:
+        w.write_scalars(1, {"train/loss": 2.0})
+        w.write_hparams({"lr": 0.1}, {"hparams/accuracy": 0.75, "train/loss": 0.5}, step=4)
+    acc = accumulator(run)
+    assert _scalars(acc, "hparams/accuracy") == [(4, 0.75)]
+    assert _scalars(acc, "train/loss") == [(1, 2.0), (4, 0.5)]
+    ((session,),) = [g.sessions for g in _session_groups(tmp_path / "logs")]
+    found = {m.name.tag: (m.training_step, m.value) for m in session.metric_values}
+    assert found == {"hparams/accuracy": (4, 0.75), "train/loss": (4, 0.5)}
+
+
+def test_memory_and_multi_writer_pass_write_metrics_on(tmp_path: Path) -> None:
+    memory = MemoryWriter()
+    with MultiWriter([memory, ConsoleWriter(io.StringIO()), TensorBoardWriter(tmp_path)]) as w:
+        w.write_scalars(3, {"test/accuracy": 0.875})
+        w.write_hparams({"lr": 0.1}, {"test/accuracy": 0.875}, step=3, write_metrics=False)
+    assert memory.hparams == {"lr": 0.1}
+    assert memory.hparam_metrics == {"test/accuracy": 0.875}  # kept, for tests to check
+    assert memory.scalars == {"test/accuracy": [(3, 0.875)]}  # but not written again
+    assert _scalars(accumulator(tmp_path), "test/accuracy") == [(3, 0.875)]
+
+
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_write_metrics_must_be_a_bool(tmp_path: Path, kind: str) -> None:
+    with WRITERS[kind](tmp_path) as w:
+        with pytest.raises(ValueError, match="write_metrics must be a bool, got 'no'"):
+            w.write_hparams({"lr": 0.1}, {"acc": 1.0}, write_metrics="no")
+        w.write_hparams({"lr": 0.1}, {"acc": 1.0}, write_metrics=False)  # the refusal wrote none
 
 
 def _write_series(logdir: Path, steps: range, offset: float, purge_step: int | None) -> None:
@@ -294,13 +396,30 @@ def test_jax_arrays_go_through_np_asarray(tmp_path: Path) -> None:
     assert acc.Histograms("w")[0].histogram_value.num == 4
 
 
-def test_arrays_are_copied_at_the_call(tmp_path: Path) -> None:
-    image = np.zeros((2, 2, 1))
-    with TensorBoardWriter(tmp_path) as w:
-        w.write_images(0, {"img": image})
-        image[:] = 1.0  # e.g. a reused buffer; what was passed must be what is written
-    ((_, _, _, (img,)),) = _pngs(accumulator(tmp_path), "img")
+def test_arrays_are_copied_at_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image, weights = np.zeros((2, 2, 1)), np.zeros(4)
+    w = TensorBoardWriter(tmp_path)
+    real_write, gate = w._sink.events.write_event, threading.Event()
+
+    def stuck_write(event):  # the writer thread waits here until the buffers were overwritten
+        assert gate.wait(10)
+        real_write(event)
+
+    monkeypatch.setattr(w._sink.events, "write_event", stuck_write)
+    w.write_scalars(0, {"x": 1.0})  # occupies the writer thread
+    w.write_images(0, {"img": image})  # queued behind it: encoded only after the gate opens
+    w.write_histograms(0, {"w": weights})
+    image[:] = 1.0  # e.g. a reused buffer; what was passed must be what is written
+    weights[:] = 7.0
+    gate.set()
+    w.close()
+    acc = accumulator(tmp_path)
+    ((_, _, _, (img,)),) = _pngs(acc, "img")
     assert np.all(np.asarray(img) == 0)
+    histogram = acc.Histograms("w")[0].histogram_value
+    assert (histogram.min, histogram.max) == (0.0, 0.0)
 
 
 def test_histogram_leaves_out_non_finite_values(tmp_path: Path) -> None:
@@ -372,9 +491,10 @@ def test_memory_writer_keeps_everything() -> None:
         w.write_texts(3, {"t": "hi"})
         w.write_hparams({"opt": {"lr": np.float64(0.1)}, "act": np.tanh}, {"final": 0.9}, step=2)
     assert w.scalars == {"a": [(1, 1.0), (2, 3.0)], "b": [(1, 0.5)], "final": [(2, 0.9)]}
+    image[:] = 9  # the caller reuses its buffer: what was written must not change
     ((step, stored),) = w.images["im"]
     assert step == 1 and stored.shape == (2, 3, 1) and stored.dtype == np.uint8
-    assert stored is not image
+    assert np.all(stored == 0)
     ((step, values),) = w.histograms["h"]
     assert step == 2 and values.tolist() == [1.0, 1.0, 1.0, 1.0]
     assert w.texts == {"t": [(3, "hi")]}
@@ -439,25 +559,52 @@ def test_multi_writer_closes_every_writer_then_raises(
         MultiWriter([io.StringIO()])
 
 
-def test_every_backend_is_a_metric_writer() -> None:
-    for cls in (TensorBoardWriter, MemoryWriter, ConsoleWriter, MultiWriter):
-        assert issubclass(cls, MetricWriter)
-    with pytest.raises(TypeError):
-        MetricWriter()  # abstract
+@pytest.mark.parametrize("cls", [TensorBoardWriter, MemoryWriter, ConsoleWriter, MultiWriter])
+def test_every_backend_takes_the_interface_arguments(cls: type) -> None:
+    """Each backend's methods accept exactly the interface's arguments, names, kinds and
+    defaults (a backend that lacks a keyword breaks every MultiWriter that holds it)."""
+    assert issubclass(cls, MetricWriter)
+    for name, method in inspect.getmembers(MetricWriter, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        want = [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()]
+        got = [(p.name, p.kind, p.default)
+               for p in inspect.signature(getattr(cls, name)).parameters.values()]
+        assert got == want, (cls.__name__, name)
 
 
 def test_modules_do_not_import_jax() -> None:
+    """The writers import no JAX (and no jaxcnn module that does), so logging costs no JAX
+    start-up; within jaxcnn they import only each other and ``errors``."""
+    writers = {"tracking", "metric_writer", "tensorboard_writer"}
     allowed = {"numpy", "PIL", "tensorboardX", "jaxcnn"} | set(sys.stdlib_module_names)
-    for module in ("tracking", "visualize"):
+    for module in (*sorted(writers), "visualize"):
         source = Path(tracking.__file__).with_name(f"{module}.py").read_text()
-        names = set()
+        names, ours = set(), set()
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Import):
                 names.update(a.name.split(".")[0] for a in node.names)
+                ours.update(a.name for a in node.names if a.name.startswith("jaxcnn"))
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
+                if node.module == "jaxcnn":
+                    ours.update(f"jaxcnn.{a.name}" for a in node.names)
+                elif node.module.startswith("jaxcnn."):
+                    ours.add(node.module)
         assert names <= allowed, (module, names - allowed)
-        assert "jax" not in names and not re.search(r"^from jaxcnn\.(?!errors)", source, re.M)
+        assert ours <= {f"jaxcnn.{m}" for m in writers | {"errors"}}, (module, ours)
+
+
+def test_tracking_exports_every_writer() -> None:
+    """Code written against jaxcnn.tracking keeps working whichever module a writer lives in."""
+    import jaxcnn.metric_writer
+    import jaxcnn.tensorboard_writer
+
+    assert sorted(tracking.__all__) == [
+        "ConsoleWriter", "MemoryWriter", "MetricWriter", "MultiWriter", "TensorBoardWriter"
+    ]
+    assert tracking.MetricWriter is jaxcnn.metric_writer.MetricWriter
+    assert tracking.TensorBoardWriter is jaxcnn.tensorboard_writer.TensorBoardWriter
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,17 +627,27 @@ def test_tensorboard_server_shows_scalars_images_and_hparams(
         for step in range(5, 10):
             w.write_scalars(step, {"train/loss": 100.0 + step})
         w.write_images(9, {"samples": np.stack([image, 1 - image])})
-        w.write_hparams({"lr": 0.5, "model": "cnn"}, {"hparams/accuracy": 0.75}, step=9)
+        # As the runner does: the metric is a curve's tag, its value the curve's last point.
+        w.write_hparams({"lr": 0.5, "model": "cnn"}, {"train/loss": 109.0}, step=9,
+                        write_metrics=False)
 
     with tb.serve(logdir, tmp_path, load_fast=load_fast) as server:
-        # The metric written last: once it shows, the files before it are loaded (in order).
-        server.poll("the last event", lambda: server.scalars("run1", "hparams/accuracy"), bool)
+        base = server.base
+
+        def session_groups() -> list[dict]:
+            return tb.post_json(f"{base}/plugin/hparams/session_groups", {
+                "startIndex": 0, "sliceSize": 10,
+                "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING"]
+            })["sessionGroups"]
+
+        # The hparams are written last: once they show, the files before them are loaded (in
+        # order).
+        groups = server.poll("the hparams", session_groups, bool)
         assert server.json("runs") == ["run1"]
         assert [(step, value) for _, step, value in server.scalars("run1", "train/loss")] == [
             *((s, float(s)) for s in range(5)),
             *((s, 100.0 + s) for s in range(5, 10)),
         ]
-        base = server.base
         tags = json.loads(tb.get(f"{base}/plugin/images/tags"))
         assert tags["run1"]["samples"]["samples"] == 2  # one tag holds the whole batch
         for sample, want in enumerate([image, 1 - image]):
@@ -502,13 +659,11 @@ def test_tensorboard_server_shows_scalars_images_and_hparams(
             assert (got.format, got.size, got.mode) == ("PNG", (10, 6), "RGB")
             assert np.array_equal(np.asarray(got), _as_uint8(want))
 
-        groups = tb.post_json(f"{base}/plugin/hparams/session_groups", {
-            "startIndex": 0, "sliceSize": 10,
-            "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING"]})
-        (group,) = groups["sessionGroups"]
+        (group,) = groups
         assert group["hparams"] == {"lr": 0.5, "model": "cnn"}
         (session,) = group["sessions"]
         assert session["name"] == "run1"
-        (metric,) = session["metricValues"]
-        assert metric["name"]["tag"] == "hparams/accuracy"
-        assert (metric["value"], metric["trainingStep"]) == (0.75, 9)
+        (metric,) = session["metricValues"]  # the resumed curve's last point, not the purged one
+        assert metric["name"]["tag"] == "train/loss"
+        assert (metric["value"], metric["trainingStep"]) == (109.0, 9)
+        assert set(json.loads(tb.get(f"{base}/plugin/scalars/tags"))["run1"]) == {"train/loss"}

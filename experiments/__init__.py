@@ -1,0 +1,1 @@
+"""The built-in experiment scripts, installed as ``jaxcnn.experiments`` (see ``jaxcnn list``)."""

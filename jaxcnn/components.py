@@ -1,0 +1,181 @@
+"""What a run trains: its model, loss and prepared splits, from the config or the user's code.
+
+:func:`build` turns a :class:`jaxcnn.config.Config` and the user's own ``model``, ``data`` and
+``loss_fn`` (each the object itself or a function of the config, see
+:func:`jaxcnn.experiment.run`) into :class:`Components`: the layer, the loss, the train,
+validation and test splits (the validation split held out of the training set, every split
+normalised by the training split's per-channel statistics) and where the user's own parts came
+from (:func:`jaxcnn.scripts.source_of`). The number of classes and the input shape come from
+the data. Everything that cannot train is refused here, before a run folder is made.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxcnn import config as config_lib
+from jaxcnn import data as data_lib
+from jaxcnn import registry, scripts
+from jaxcnn.config import Config
+from jaxcnn.errors import ConfigError
+from jaxcnn.layers import Layer
+from jaxcnn.summarize import summary
+
+__all__ = ["Components", "DataSpec", "LossSpec", "ModelSpec", "build", "describe",
+           "import_in_background", "is_config_function", "model_summary"]
+
+ModelSpec = Layer | Callable[[Config], Layer] | None
+DataSpec = data_lib.Splits | Callable[[Config], data_lib.Splits] | None
+LossSpec = Callable[..., Any] | None
+
+
+
+@dataclass
+class Components:
+    """A run's model, loss and prepared splits, and where the user's own came from."""
+
+    model: Layer
+    loss_fn: Callable[..., Any]
+    train: data_lib.Split
+    val: data_lib.Split | None
+    test: data_lib.Split
+    test_raw: np.ndarray  # the test images as loaded, for TensorBoard
+    class_names: list[str]
+    normalization: dict[str, list[float]] | None
+    sources: dict[str, str]  # config field -> source, for what user code gave
+    script: Path | None
+
+
+def import_in_background(module: str) -> threading.Thread:
+    """Start importing ``module`` on a daemon thread; join it before relying on the import.
+
+    Why: the validation split needs scikit-learn, whose import (about 1 s on a 2-core machine,
+    SciPy included) otherwise follows the dataset's reading in every launch; reading, checking
+    and decompressing the files release the GIL, so the two overlap. A failed import is left to
+    the import that follows, which raises it.
+    """
+    def target() -> None:
+        try:
+            __import__(module)
+        except BaseException:  # noqa: BLE001 - the caller's own import reports it
+            pass
+
+    thread = threading.Thread(target=target, name=f"import {module}", daemon=True)
+    thread.start()
+    return thread
+
+
+def is_config_function(loss: Callable[..., Any]) -> bool:
+    """Whether ``loss`` is a function of the config (one required positional parameter)
+    rather than a loss ``(logits, labels, ...)``."""
+    try:
+        params = inspect.signature(loss).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in params if p.default is p.empty and
+                p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(required) == 1
+
+
+def load_splits(config: Config, data: DataSpec) -> data_lib.Splits:
+    if data is None:
+        extra = {"image_size": config.image_size} if config.image_size is not None else {}
+        return data_lib.load(config.dataset, data_dir=config.data_dir, **extra)
+    splits = data if isinstance(data, data_lib.Splits) or not callable(data) else data(config)
+    if not isinstance(splits, data_lib.Splits):
+        raise ConfigError(f"data must be a jaxcnn.data.Splits or a function of the config "
+                          f"returning one (get_data), got {type(splits).__name__}")
+    return splits
+
+
+def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -> Components:
+    """Build the run's model, loss and splits (validation split, normalisation) from the
+    config and the user's own ``model``, ``data`` and ``loss_fn``; refuses what cannot train
+    (ConfigError, DataError, LayerError) before any folder is made."""
+    sources: dict[str, str] = {}
+    files: set[Path] = set()
+    for key, given in (("dataset", data), ("model", model), ("loss", loss_fn)):
+        if given is not None:
+            sources[key], file = scripts.source_of(given)
+            if file is not None:
+                files.add(file)
+    if len(files) > 1:
+        raise ConfigError(f"model, data and loss come from several scripts "
+                          f"({', '.join(map(str, sorted(files)))}); define them in one")
+    prefetch = (import_in_background("sklearn.model_selection") if config.val_fraction > 0
+                else None)
+    splits = load_splits(config, data)
+    train_split, test = splits.train, splits.test
+    labels = np.concatenate([np.asarray(train_split.labels), np.asarray(test.labels)])
+    names = getattr(splits, "class_names", None)
+    num_classes = len(names) if names else int(labels.max()) + 1 if labels.size else 0
+    class_names = list(names) if names else [str(i) for i in range(num_classes)]
+    if model is None:
+        layer = registry.build_model(config.model, num_classes)
+    else:
+        layer = model if isinstance(model, Layer) or not callable(model) else model(config)
+        if not isinstance(layer, Layer):
+            raise ConfigError(f"model must be a jaxcnn Layer or a function of the config "
+                              f"returning one (get_model), got {type(layer).__name__}")
+    if loss_fn is None:
+        loss = registry.build_loss(config.loss)
+    else:
+        loss = loss_fn(config) if is_config_function(loss_fn) else loss_fn
+        if not callable(loss):
+            raise ConfigError(f"loss_fn must be a loss function (logits, labels) or a function "
+                              f"of the config returning one (get_loss), got {type(loss).__name__}")
+    val = None
+    if prefetch is not None:
+        prefetch.join()
+        try:
+            train_split, val = data_lib.train_val_split(train_split, config.val_fraction,
+                                                        seed=config.seed)
+        except ValueError as e:  # too few examples on one side for every class
+            raise ConfigError(f"Config: val_fraction={config.val_fraction} cannot split the "
+                              f"{len(splits.train.labels)} training examples of "
+                              f"{sources.get('dataset', config.dataset)} with every class on "
+                              f"both sides ({e.__cause__ or e}); pass a larger --val-fraction, "
+                              f"or 0 for no validation split") from None
+    normalization = None
+    if config.normalize:
+        mean, std = data_lib.channel_stats(train_split.images)
+        normalization = {"mean": np.asarray(mean).ravel().tolist(),
+                         "std": np.asarray(std).ravel().tolist()}
+
+        def norm(s):
+            return data_lib.Split(data_lib.normalize(s.images, mean, std), s.labels)
+
+        train_split, test = norm(train_split), norm(test)
+        val = norm(val) if val is not None else None
+    if config.batch_size > len(train_split.labels):
+        raise ConfigError(f"Config: batch_size={config.batch_size} is larger than the "
+                          f"{len(train_split.labels)} training examples; pass a smaller "
+                          f"--batch-size")
+    return Components(layer, loss, train_split, val, test, np.asarray(splits.test.images),
+                  class_names, normalization, sources, next(iter(files), None))
+
+
+def describe(config: Config, sources: dict[str, str]) -> str:
+    """``model on dataset`` as the run got them, user code by its source."""
+    text = f"{sources.get('model', config.model)} on {sources.get('dataset', config.dataset)}"
+    return text + (f" with loss {sources['loss']}" if "loss" in sources else "")
+
+
+def model_summary(config: Config, *, model: ModelSpec = None, data: DataSpec = None) -> str:
+    """The model table of ``config``'s model (or ``model``) for its dataset's images."""
+    if model is None and data is None and config.dataset in data_lib.DATASETS:
+        info = data_lib.info(config.dataset)  # no need to read the files
+        layer, shape = registry.build_model(config.model, info.num_classes), info.image_shape
+    else:
+        parts = build(config_lib.override(config, {"val_fraction": 0.0}), model, data, None)
+        layer, shape = parts.model, parts.train.images.shape[1:]
+    return str(summary(layer, (None, *shape)))
+
+

@@ -1,0 +1,87 @@
+"""The images a training epoch logs to TensorBoard: each conv layer's filters, a few fixed
+images and their feature maps after every conv layer, and the report split's confusion matrix
+and misclassified examples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxcnn import checkpoint as ckpt
+from jaxcnn import data as data_lib
+from jaxcnn import visualize
+from jaxcnn._types import Params, State
+from jaxcnn.layers import Layer
+from jaxcnn.walk import intermediates
+
+__all__ = ["MAX_FEATURE_CHANNELS", "MAX_MISCLASSIFIED", "EpochImages", "conv_kernels",
+           "unit_range"]
+
+MAX_FEATURE_CHANNELS = 64
+MAX_MISCLASSIFIED = 36
+
+
+def conv_kernels(params: Params) -> dict[str, Any]:
+    """``{layer path: kernel}`` for every 4-D ``w`` leaf of ``params`` (conv kernels, HWIO)."""
+    return {path[: -len("/w")]: w for path, w in ckpt.flatten(params).items()
+            if path.endswith("/w") and np.ndim(w) == 4}
+
+
+def unit_range(images: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, C) as an image writer takes them: each scaled to [0, 1] where the set
+    is not already in [0, 1] (standardised inputs, say)."""
+    x = np.asarray(images, np.float32)
+    if x.size and (x.min() < 0 or x.max() > 1):
+        lo = x.min(axis=(1, 2, 3), keepdims=True)
+        span = x.max(axis=(1, 2, 3), keepdims=True) - lo
+        x = (x - lo) / np.where(span > 0, span, 1.0)
+    return x
+
+
+class EpochImages:
+    """``images(params, state, predictions) -> {tag: image}`` for one epoch.
+
+    ``split`` (named ``name``, e.g. "test") is the split the images come from, and
+    ``predictions`` its arg-max classes; ``shown``: its images as they should be shown
+    (N, H, W, C) in [0, 1] (default: its inputs through :func:`unit_range`). The confusion
+    matrix and the misclassified images need integer labels; other targets get neither.
+    """
+
+    def __init__(self, model: Layer, name: str, split: data_lib.Split | None,
+                 num_classes: int, *, shown: np.ndarray | None = None,
+                 num_feature_samples: int = 4,
+                 class_names: Sequence[str] | None = None) -> None:
+        self.name, self.split, self.num_classes = name, split, num_classes
+        self.class_names = list(class_names) if class_names is not None else None
+        n = min(num_feature_samples, len(split.labels)) if split is not None else 0
+        self.features = split.images[:n] if n else None
+        self.shown = (unit_range(split.images if shown is None else shown)
+                      if split is not None else None)
+        labels = np.asarray(split.labels) if split is not None else np.zeros(0)
+        self.classified = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
+        self.features_fn = jax.jit(lambda p, s, x: intermediates(model, p, s, x))
+
+    def __call__(self, params: Params, state: State,
+                 predictions: np.ndarray | None) -> dict[str, Any]:
+        images: dict[str, Any] = {f"filters/{p}": visualize.filter_grid(w)
+                                  for p, w in conv_kernels(params).items()}
+        if self.features is not None:
+            images["features/input"] = self.shown[:len(self.features)]
+            for p, fmap in self.features_fn(params, state, self.features).items():
+                images[f"features/{p}"] = visualize.feature_map_grid(
+                    np.asarray(fmap), max_channels=MAX_FEATURE_CHANNELS)
+        if predictions is None or not self.classified:
+            return images
+        labels = self.split.labels
+        cm = visualize.confusion_matrix(labels, predictions, self.num_classes)
+        images[f"{self.name}/confusion_matrix"] = visualize.confusion_matrix_image(
+            cm, class_names=self.class_names)
+        wrong_x, wrong_t, wrong_p = visualize.misclassified(self.shown, labels, predictions)
+        if len(wrong_t):
+            images[f"{self.name}/misclassified"] = visualize.annotated_grid(
+                wrong_x, wrong_t, wrong_p, class_names=self.class_names,
+                max_images=MAX_MISCLASSIFIED)
+        return images

@@ -1,0 +1,203 @@
+"""Whole-epoch drivers: one epoch of a training step as compiled calls over the data.
+
+:func:`make_epoch_fn` runs an epoch in one compiled call (``lax.scan`` over batches, the data
+kept on the device) or, when the data is too large for that, as a loop of compiled steps fed
+from the host; both do the same arithmetic, so they give the same parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import data as data_lib
+from jaxcnn import distributed
+from jaxcnn.ops import _is_int
+from jaxcnn.steps import Metrics, TrainState
+
+__all__ = ["SCAN_MAX_BYTES", "make_epoch_fn"]
+
+
+#: Above this many bytes of training data, "auto" streams batches from the host instead of
+#: keeping the whole set on the device for a scanned epoch.
+SCAN_MAX_BYTES = 2 * 1024**3
+
+
+def make_epoch_fn(
+    train_step: Callable[[TrainState, Any], tuple[TrainState, Metrics]],
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    driver: str = "auto",
+    halt_on_nonfinite: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    steps_per_call: int | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, np.ndarray]]]:
+    """``run(ts, *, seed, epoch) -> (ts, metrics)``: one epoch over ``images`` (N, H, W, C) and
+    ``labels`` (N,) in shuffled batches of ``batch_size`` (the incomplete last batch dropped;
+    :func:`jaxcnn.data.batch_indices` fixes the order from ``seed`` and ``epoch``).
+
+    ``driver``: ``"scan"`` keeps the data on the device and runs the epoch as one compiled
+    ``lax.scan``; ``"loop"`` keeps the data on the host and calls one compiled step per batch;
+    ``"auto"`` scans when the data is at most :data:`SCAN_MAX_BYTES`. ``metrics`` holds one
+    value per step (NumPy, fetched once at the end). With ``halt_on_nonfinite``, the first step
+    with a non-finite loss freezes the state for the rest of the epoch, so the caller can stop
+    exactly there.
+
+    ``run(ts, *, seed, epoch, start=0, stop=None, progress=None)``: ``start`` skips the epoch's
+    first ``start`` steps (to continue an epoch that a checkpoint interrupted: the same batches
+    in the same order follow); ``stop``, a function of no arguments, is asked between calls and,
+    once it returns True, the epoch ends early: ``metrics`` then holds only the steps that ran.
+    ``progress(metrics)`` is called with the NumPy metrics of each call (or step) once it has
+    finished, while the next one runs (the last call's come back as the result): a progress
+    bar's feed that adds no wait.
+    ``steps_per_call`` (scan driver) splits the epoch into scans of that many steps (and one
+    shorter program for the rest), each a compiled call with at most one more queued behind
+    it, so ``stop`` is heard within two calls; None scans the whole epoch in one call (``stop``
+    is then asked only at its end). The loop driver asks ``stop`` after every step. Every
+    split gives bit-identical results: each step runs the same compiled scan body.
+
+    ``run.compile(ts)`` compiles the epoch's program for ``ts`` (or loads it from JAX's
+    persistent compilation cache) without running it, so the first epoch starts at once: the
+    runner uses it to note when its first step could start.
+
+    ``mesh``: data-parallel training over a 1-D :class:`jax.sharding.Mesh` (see
+    :func:`data_parallel_mesh`): every batch is split over the mesh's devices along its first
+    axis, the train state is replicated, and XLA inserts the gradient all-reduce. The result is
+    the single-device result up to float rounding; ``batch_size`` must divide evenly.
+    """
+    if driver not in ("auto", "scan", "loop"):
+        raise ValueError(f"make_epoch_fn: driver must be 'auto', 'scan' or 'loop', got {driver!r}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"make_epoch_fn: batch_size must be a positive int, got {batch_size!r}")
+    if steps_per_call is not None and (not _is_int(steps_per_call) or steps_per_call < 1):
+        raise ValueError(f"make_epoch_fn: steps_per_call must be a positive int or None, got "
+                         f"{steps_per_call!r}")
+    batch_size = int(batch_size)
+    steps_per_call = None if steps_per_call is None else int(steps_per_call)
+    n = len(images)
+    if batch_size > n:
+        raise ValueError(f"make_epoch_fn: batch_size ({batch_size}) is larger than the "
+                         f"{n} training examples; use a batch size of at most {n}")
+    if driver == "auto":
+        driver = "scan" if images.nbytes + labels.nbytes <= SCAN_MAX_BYTES else "loop"
+    if mesh is not None:
+        devices = mesh.devices.size
+        if mesh.devices.ndim != 1 or batch_size % devices:
+            raise ValueError(f"make_epoch_fn: data-parallel training needs a 1-D mesh and a "
+                             f"batch_size divisible by its {devices} devices, got batch_size "
+                             f"{batch_size} and mesh shape {dict(mesh.shape)}")
+        split_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+            mesh.axis_names[0]))
+
+    def shard(batch):
+        if mesh is None:
+            return batch
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, split_rows), batch)
+
+    def place(tree):
+        # With a mesh: replicated over it, each process filling its own devices from the copy
+        # it holds, so this works as well when the mesh spans several processes.
+        return jax.tree.map(jnp.asarray, tree) if mesh is None else distributed.replicate(
+            tree, mesh)
+
+    def place_batch(batch):
+        # With a mesh: each process puts only its own devices' rows of the batch.
+        return place(batch) if mesh is None else distributed.shard_batch(batch, mesh)
+
+    def body(carry, batch):
+        ts, halted = carry
+        new_ts, metrics = train_step(ts, shard(batch))
+        if halt_on_nonfinite:
+            new_ts = jax.tree.map(lambda old, new: jnp.where(halted, old, new), ts, new_ts)
+            halted = halted | ~metrics["finite"]
+        return (new_ts, halted), metrics
+
+    def order(seed, epoch):
+        return data_lib.batch_indices(n, batch_size, seed=seed, epoch=epoch, shuffle=True,
+                                      drop_remainder=True)
+
+    steps = n // batch_size
+
+    def first_carry(ts):
+        # The scan carry: the state and whether a non-finite step has halted the epoch.
+        return place(ts), place(np.array(False))
+
+    if driver == "scan":
+        dev_images, dev_labels = place(images), place(labels)
+
+        def run(ts, *, seed, epoch, start=0, stop=None, progress=None):
+            idx = order(seed, epoch)[_check_start(start, steps)]
+            size = len(idx) if steps_per_call is None else steps_per_call
+            carry, out = first_carry(ts), []
+            for lo in range(0, len(idx), size):
+                carry, metrics = scan_epoch(carry, dev_images, dev_labels,
+                                            place(idx[lo: lo + size]))
+                out.append(metrics)
+                if len(out) > 1:  # one call queued behind the running one, no more
+                    jax.block_until_ready(out[-2])
+                    if progress is not None:
+                        progress(jax.device_get(out[-2]))
+                if stop is not None and lo + size < len(idx) and stop():
+                    break
+            return carry[0], _stack(out)
+
+        @jax.jit
+        def scan_epoch(carry, images, labels, idx):
+            def gathered(carry, rows):
+                return body(carry, (images[rows], labels[rows]))
+
+            return jax.lax.scan(gathered, carry, idx)
+
+        def compile_first_call(ts):
+            size = steps if steps_per_call is None else min(steps_per_call, steps)
+            scan_epoch.lower(first_carry(ts), dev_images, dev_labels,
+                             place(order(0, 0)[:size])).compile()
+
+        run.compile = compile_first_call  # type: ignore[attr-defined]
+        return run
+
+    @jax.jit
+    def step(carry, images, labels):
+        # A scan of length one compiles the step exactly as the scanned epoch does, so both
+        # drivers give bit-identical results.
+        return jax.lax.scan(body, carry, (images[None], labels[None]))
+
+    def run(ts, *, seed, epoch, start=0, stop=None, progress=None):
+        idx = order(seed, epoch)[_check_start(start, steps)]
+        carry, out = first_carry(ts), []
+        for i, rows in enumerate(idx):
+            carry, metrics = step(carry, *place_batch((images[rows], labels[rows])))
+            out.append(metrics)
+            if progress is not None and i:
+                progress(jax.device_get(out[-2]))
+            if stop is not None and i + 1 < len(idx) and stop():
+                break
+        return carry[0], _stack(out)
+
+    def compile_step(ts):
+        rows = order(0, 0)[0]
+        step.lower(first_carry(ts), *place_batch((images[rows], labels[rows]))).compile()
+
+    run.compile = compile_step  # type: ignore[attr-defined]
+    return run
+
+
+def _check_start(start: int, steps: int) -> slice:
+    if isinstance(start, bool) or not isinstance(start, int | np.integer) or not \
+            0 <= start < steps:
+        raise ValueError(f"make_epoch_fn: start must be an int in [0, {steps}) (the steps of an "
+                         f"epoch), got {start!r}")
+    return slice(int(start), None)
+
+
+def _stack(out: list[Metrics]) -> dict[str, np.ndarray]:
+    """Per-call metrics (each with a leading step axis) as one NumPy array per name."""
+    return jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *out))
+
+

@@ -1,0 +1,145 @@
+"""Experiment scripts and the user code they hold: importing a script, naming where a model,
+dataset or loss came from, and the copy of the script a run folder keeps.
+
+An experiment script defines ``get_config()`` and may define ``get_model(config)``,
+``get_data(config)`` and ``get_loss(config)``. A run records each such function by its source
+(:func:`source_of`): ``"my_script.py:get_model"`` for a function of a script (the script is
+copied into the run folder, :func:`copy_script`, and its sha256 recorded), ``"package.module:fn"``
+for a function of an importable module, and ``"python:<name>"`` for an object that cannot be
+found again (defined in a notebook, or a model object): such a run resumes only when it is
+given again. :func:`resolve` finds a recorded source again; importing a script runs its code,
+so a copy whose hash no longer matches is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from jaxcnn.errors import ConfigError, RunError
+
+__all__ = ["SCRIPT_DIR", "SCRIPT_MODULE_PREFIX", "copy_script", "import_file", "import_script",
+           "resolve", "sha256_file", "source_of"]
+
+#: The folder of a run folder that holds the copy of its experiment script.
+SCRIPT_DIR = "script"
+#: Experiment scripts are imported as modules named with this prefix and the file's stem.
+SCRIPT_MODULE_PREFIX = "_jaxcnn_experiment_"
+
+
+def import_file(path: str | os.PathLike[str]) -> ModuleType:
+    """Import the Python file ``path`` as a module (named ``_jaxcnn_experiment_<stem>``),
+    running its top-level code; ConfigError if it cannot be imported."""
+    path = Path(path)
+    name = SCRIPT_MODULE_PREFIX + path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"experiment script {path} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # so pickling and dataclasses in it find it again
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _script_file(module: ModuleType | None) -> Path | None:
+    """The file of a script module (run as ``__main__`` or imported by :func:`import_file`)."""
+    if module is None:
+        return None
+    name = module.__name__
+    file = getattr(module, "__file__", None)
+    if (name == "__main__" or name.startswith(SCRIPT_MODULE_PREFIX)) and file and \
+            Path(file).is_file():
+        return Path(file).resolve()
+    return None
+
+
+def source_of(obj: Any) -> tuple[str, Path | None]:
+    """Where ``obj`` (a model, dataset or loss, or a function returning one) came from, and
+    the script file to copy (None when there is none): ``("my_script.py:get_model", path)``,
+    ``("jaxcnn.losses:mse", None)`` or ``("python:<name>", None)``."""
+    name = getattr(obj, "__qualname__", None)
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    found = (name is not None and "<" not in name and module is not None
+             and _attr(module, name) is obj)
+    if found:
+        script = _script_file(module)
+        if script is not None:
+            return f"{script.name}:{name}", script
+        if module.__name__ != "__main__":
+            return f"{module.__name__}:{name}", None
+    label = name or type(obj).__name__
+    return f"python:{label}", None
+
+
+def _attr(module: ModuleType, qualname: str) -> Any:
+    value: Any = module
+    for part in qualname.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of the file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def copy_script(script: str | os.PathLike[str], run_dir: str | os.PathLike[str]
+                ) -> dict[str, str]:
+    """Copy ``script`` byte for byte to ``<run_dir>/script/<name>``; the entry ``run.json``
+    keeps: the copy's path in the run folder, its sha256 and where it was copied from."""
+    target = Path(run_dir) / SCRIPT_DIR / Path(script).name
+    target.parent.mkdir(exist_ok=True)
+    shutil.copyfile(script, target)
+    return {"file": f"{SCRIPT_DIR}/{target.name}", "sha256": sha256_file(target),
+            "origin": str(Path(script).resolve())}
+
+
+def import_script(run_dir: str | os.PathLike[str], entry: dict[str, str]) -> ModuleType:
+    """Import the copy of a run's script (``entry`` as :func:`copy_script` returned it) after
+    checking that its sha256 still matches the one recorded when the run started."""
+    copy = Path(run_dir) / entry["file"]
+    if not copy.is_file():
+        raise RunError(f"{copy} is missing: this run's model, data or loss come from that "
+                       f"script; restore it, or resume from Python with model=, data= and "
+                       f"loss_fn= given")
+    actual = sha256_file(copy)
+    if actual != entry["sha256"]:
+        raise RunError(f"{copy} has sha256 {actual}, but the run recorded {entry['sha256']} "
+                       f"when it started: the copy was changed, and resuming would run the "
+                       f"changed code; restore the original, or start a new run")
+    return import_file(copy)
+
+
+def resolve(source: str, *, module: ModuleType | None = None) -> Any:
+    """The object a recorded ``source`` names: from the imported script ``module`` for
+    ``"<script>.py:<name>"``, by import for ``"<module>:<name>"``; RunError for a
+    ``"python:..."`` source, which only the user can give again."""
+    where, _, name = source.partition(":")
+    if where == "python" or not name:
+        raise RunError(f"{source!r} was given as a Python object, which a run folder cannot "
+                       f"rebuild; resume from Python and give it again (experiment.resume("
+                       f"run_dir, model=..., data=..., loss_fn=...))")
+    if where.endswith(".py"):
+        if module is None:
+            raise RunError(f"{source!r} comes from a script this run folder does not hold")
+        target = module
+    else:
+        try:
+            target = importlib.import_module(where)
+        except ImportError as e:
+            raise RunError(f"cannot import {where!r} for {source!r} ({e})") from None
+    value = _attr(target, name)
+    if value is None:
+        raise RunError(f"{source!r}: {where} has no {name}")
+    return value
