@@ -9,9 +9,11 @@ or a value of the wrong type prints the error with the list of valid keys and ex
 ``jaxcnn`` subcommands:
 
 - ``jaxcnn run EXPERIMENT [overrides]``: EXPERIMENT is a script path (``experiments/x.py``) or a
-  name looked up as ``experiments/<name>.py`` in the current folder, then beside the installed
-  package's source tree (a source checkout or editable install);
-- ``jaxcnn resume RUN_DIR [overrides] [--force]``: continue a run (no script needed);
+  name looked up as ``experiments/<name>.py`` in the current folder, then among the built-in
+  experiments installed with the package (``jaxcnn.experiments``); a script's ``get_model``,
+  ``get_data`` and ``get_loss`` are handed to the runner;
+- ``jaxcnn resume RUN_DIR [overrides] [--force]``: continue a run (a script's model, data and
+  loss are rebuilt from the run folder's checked copy of it);
 - ``jaxcnn runs [DIR]``: a table of the runs under DIR (default ``runs``);
 - ``jaxcnn summary EXPERIMENT [overrides]``: the model table;
 - ``jaxcnn list``: the experiments found.
