@@ -1,11 +1,13 @@
 """jaxcnn: convolutional neural networks as pure JAX functions.
 
 Layers are ``(init, apply)`` pairs over plain dicts of arrays (:mod:`jaxcnn.layers`), built on
-pure array ops (:mod:`jaxcnn.ops`); :func:`summary` tabulates a model. Training lives in
-:mod:`jaxcnn.train` and :mod:`jaxcnn.losses`, data sets in :mod:`jaxcnn.data`, TensorBoard
-logging in :mod:`jaxcnn.tracking` and :mod:`jaxcnn.visualize`, and the experiment runner in
-:mod:`jaxcnn.experiment` (with :mod:`jaxcnn.config`, :mod:`jaxcnn.checkpoint` and the
-``jaxcnn`` command of :mod:`jaxcnn.cli`).
+pure array ops (:mod:`jaxcnn.ops`); :func:`summary` tabulates a model and :mod:`jaxcnn.walk`
+walks its layer tree. Training lives in :mod:`jaxcnn.train` (the one loop, :class:`train.Loop`,
+and :func:`train.fit`, over the steps of :mod:`jaxcnn.steps`) and :mod:`jaxcnn.losses`, data
+sets in :mod:`jaxcnn.data`, TensorBoard logging in :mod:`jaxcnn.tracking` and
+:mod:`jaxcnn.visualize`, and the experiment runner in :mod:`jaxcnn.experiment` (with
+:mod:`jaxcnn.config`, :mod:`jaxcnn.runs`, :mod:`jaxcnn.checkpoint` and the ``jaxcnn`` command
+of :mod:`jaxcnn.cli`).
 """
 
 import importlib
@@ -17,8 +19,8 @@ from jaxcnn.summarize import Summary, SummaryRow, summary
 
 # Imported on first use: they pull in tensorboardX, scikit-learn or the runner, which code
 # that only composes layers should not pay for at import.
-_LAZY = ("checkpoint", "config", "data", "distributed", "experiment", "memory", "tracking",
-         "train", "visualize")
+_LAZY = ("checkpoint", "components", "config", "data", "distributed", "experiment", "memory",
+         "registry", "runs", "scripts", "steps", "tracking", "train", "visualize", "walk")
 
 __all__ = ["Layer", "Summary", "SummaryRow", "errors", "filters", "layers", "losses", "models",
            "ops", "summary", *_LAZY]

@@ -108,7 +108,7 @@ def _usage(config: Any, prog: str) -> str:
     for key, tp in config_lib.field_types(type(config)).items():
         value = getattr(config, key)
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        lines.append(f"  --{key.replace('_', '-'):<26} {config_lib._type_name(tp):<16} {shown}")
+        lines.append(f"  --{key.replace('_', '-'):<26} {config_lib.type_name(tp):<16} {shown}")
     lines += ["", "  --resume RUN_DIR             continue the run in RUN_DIR (its config.json "
               "is the base)", "  --force                      allow changing keys that make a "
               "resumed run a different run"]

@@ -31,7 +31,8 @@ from jaxcnn.errors import ConfigError
 __all__ = [
     "DATASETS", "DRIVERS", "HOUSEKEEPING_KEYS", "LOSSES", "MAX_SEED", "MODELS", "ON_NONFINITE",
     "OPTIMIZERS", "RESUMABLE_KEYS", "SCHEDULES", "Config", "FiltersConfig", "changed_keys",
-    "field_types", "from_dict", "from_json", "override", "to_dict", "to_json", "valid_keys",
+    "field_types", "from_dict", "from_json", "override", "to_dict", "to_json", "type_name",
+    "valid_keys",
 ]
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -232,14 +233,15 @@ def valid_keys(cls_or_config: Any) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls_or_config))
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """A field type as the command line's help shows it (``int | None``, ``tuple[int, ...]``)."""
     if tp is type(None):
         return "None"
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (types.UnionType, typing.Union):
-        return " | ".join(_type_name(a) for a in args)
+        return " | ".join(type_name(a) for a in args)
     if typing.get_origin(tp) is tuple:
-        return f"tuple[{_type_name(args[0])}, ...]"
+        return f"tuple[{type_name(args[0])}, ...]"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -319,7 +321,7 @@ def _check_types(config: Any) -> None:
         value = getattr(config, key)
         if not _is_instance(tp, value):
             raise ConfigError(f"{name}: {key}={value!r} has type {type(value).__name__} but "
-                              f"{_type_name(tp)} is needed; valid keys are "
+                              f"{type_name(tp)} is needed; valid keys are "
                               f"{', '.join(valid_keys(config))}")
 
 
@@ -349,7 +351,7 @@ def override(config: Any, overrides: Mapping[str, Any]) -> Any:
             values[key] = _coerce(types_[key], value)
         except ValueError:
             raise ConfigError(
-                f"{cls.__name__}: {key}={value!r} is not a valid {_type_name(types_[key])}; "
+                f"{cls.__name__}: {key}={value!r} is not a valid {type_name(types_[key])}; "
                 f"valid keys are {', '.join(valid_keys(cls))}") from None
     return dataclasses.replace(config, **values)
 

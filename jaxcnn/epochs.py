@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxcnn import data as data_lib
 from jaxcnn import distributed
-from jaxcnn.ops import _is_int
+from jaxcnn.checks import is_int
 from jaxcnn.steps import Metrics, TrainState
 
 __all__ = ["SCAN_MAX_BYTES", "make_epoch_fn"]
@@ -73,9 +73,9 @@ def make_epoch_fn(
     """
     if driver not in ("auto", "scan", "loop"):
         raise ValueError(f"make_epoch_fn: driver must be 'auto', 'scan' or 'loop', got {driver!r}")
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"make_epoch_fn: batch_size must be a positive int, got {batch_size!r}")
-    if steps_per_call is not None and (not _is_int(steps_per_call) or steps_per_call < 1):
+    if steps_per_call is not None and (not is_int(steps_per_call) or steps_per_call < 1):
         raise ValueError(f"make_epoch_fn: steps_per_call must be a positive int or None, got "
                          f"{steps_per_call!r}")
     batch_size = int(batch_size)

@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxcnn import ops
 from jaxcnn._types import Array, Padding
+from jaxcnn.checks import is_int, is_real
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.core import (
     Layer,
@@ -29,7 +30,6 @@ from jaxcnn.layers.core import (
     make_layer,
     wrap_apply,
 )
-from jaxcnn.ops import _is_int, _is_real
 
 __all__ = ["FixedConv", "box_blur", "gaussian", "laplacian", "sharpen", "sobel_edges", "sobel_x",
            "sobel_y"]
@@ -52,9 +52,9 @@ def sobel_y() -> np.ndarray:
 def gaussian(size: int = 5, sigma: float = 1.0) -> np.ndarray:
     """Normalised Gaussian blur: exp(-(x^2 + y^2) / (2 sigma^2)) over a size x size grid centred
     on 0, divided by its sum (so flat regions keep their value)."""
-    if not _is_int(size) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"gaussian: size must be a positive int, got {size!r}")
-    if not _is_real(sigma) or not sigma > 0:
+    if not is_real(sigma) or not sigma > 0:
         raise ValueError(f"gaussian: sigma must be > 0, got {sigma!r}")
     size, sigma = int(size), float(sigma)
     r = np.arange(size) - (size - 1) / 2
@@ -64,7 +64,7 @@ def gaussian(size: int = 5, sigma: float = 1.0) -> np.ndarray:
 
 def box_blur(size: int = 3) -> np.ndarray:
     """Mean over a size x size window."""
-    if not _is_int(size) or size < 1:
+    if not is_int(size) or size < 1:
         raise ValueError(f"box_blur: size must be a positive int, got {size!r}")
     size = int(size)
     return _hwio(np.full((size, size), 1.0 / size**2))

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 from jaxcnn import layers as L
+from jaxcnn.checks import is_int
 from jaxcnn.errors import LayerError
 from jaxcnn.layers import Layer
-from jaxcnn.ops import _is_int
 
 __all__ = ["lenet5", "resnet20", "simple_cnn", "vgg"]
 
@@ -31,7 +31,7 @@ def _choice(model: str, what: str, value: str, options: dict):
 
 
 def _num_classes(model: str, num_classes: int) -> int:
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise LayerError(model, None, f"num_classes must be a positive int, got {num_classes!r}")
     return int(num_classes)
 

@@ -18,16 +18,15 @@ the last window must start inside the input or its left padding).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxcnn import _conv_cpu
 from jaxcnn._types import Array, Padding
+from jaxcnn.checks import is_int
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -50,22 +49,12 @@ __all__ = [
 ]
 
 
-def _is_int(v: object) -> bool:
-    """Whether ``v`` is an integer, Python's or NumPy's (``np.int64``), but not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
-
-
-def _is_real(v: object) -> bool:
-    """Whether ``v`` is a real number, Python's or NumPy's (``np.float32``), but not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
-
-
 def pair(value: int | Sequence[int], what: str, where: str, *, minimum: int = 1) -> tuple[int, int]:
     """An int or a pair of ints as ``(h, w)``, each at least ``minimum``, else ValueError."""
-    if not (_is_int(value) or isinstance(value, Sequence)) or isinstance(value, str):
+    if not (is_int(value) or isinstance(value, Sequence)) or isinstance(value, str):
         raise ValueError(f"{where}: {what} must be an int or a pair of ints, got {value!r}")
-    vals = (value, value) if _is_int(value) else tuple(value)
-    if len(vals) != 2 or not all(_is_int(v) for v in vals):
+    vals = (value, value) if is_int(value) else tuple(value)
+    if len(vals) != 2 or not all(is_int(v) for v in vals):
         raise ValueError(f"{where}: {what} must be an int or a pair of ints, got {value!r}")
     vals = (int(vals[0]), int(vals[1]))
     if min(vals) < minimum:
@@ -102,7 +91,7 @@ def normalize_padding(
             f"{where}: padding must be 'VALID', 'SAME', an int or ((top, bottom), (left, right)), "
             f"got {padding!r}"
         )
-    if _is_int(padding):
+    if is_int(padding):
         p = int(padding)
         if p < 0:
             raise ValueError(f"{where}: padding must be >= 0, got {p}")
@@ -110,7 +99,7 @@ def normalize_padding(
     try:
         (t, b), (left, right) = padding  # type: ignore[misc]
         pads = ((int(t), int(b)), (int(left), int(right)))
-        ok = all(_is_int(v) for v in (t, b, left, right))
+        ok = all(is_int(v) for v in (t, b, left, right))
     except (TypeError, ValueError):
         ok = False
     if not ok or min(min(p) for p in pads) < 0:
@@ -145,7 +134,7 @@ def conv_output_size(
     where = "conv_output_size"
     for name, v, lo in (("n", n, 1), ("kernel", kernel, 1), ("stride", stride, 1),
                         ("dilation", dilation, 1)):
-        if not _is_int(v) or v < lo:
+        if not is_int(v) or v < lo:
             raise ValueError(f"{where}: {name} must be an int >= {lo}, got {v!r}")
     n, kernel, stride, dilation = int(n), int(kernel), int(stride), int(dilation)
     k_eff = dilation * (kernel - 1) + 1
@@ -157,10 +146,10 @@ def conv_output_size(
         else:
             raise ValueError(f"{where}: padding must be 'VALID', 'SAME', an int or (lo, hi), "
                              f"got {padding!r}")
-    elif _is_int(padding):
+    elif is_int(padding):
         lo = hi = int(padding)
     elif (isinstance(padding, tuple | list) and len(padding) == 2
-          and all(_is_int(p) for p in padding)):
+          and all(is_int(p) for p in padding)):
         lo, hi = int(padding[0]), int(padding[1])
     else:
         raise ValueError(f"{where}: padding must be 'VALID', 'SAME', an int or a pair of ints "
@@ -222,7 +211,7 @@ def conv2d(
                          f"got shape {tuple(w.shape)}")
     strides = pair(stride, "stride", where)
     dil = pair(dilation, "dilation", where)
-    if not _is_int(groups) or groups < 1:
+    if not is_int(groups) or groups < 1:
         raise ValueError(f"{where}: groups must be an int >= 1, got {groups!r}")
     groups = int(groups)
     kh, kw, cin_g, cout = w.shape

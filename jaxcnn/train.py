@@ -43,12 +43,12 @@ import optax
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import data as data_lib
 from jaxcnn import distributed
+from jaxcnn.checks import is_int
 from jaxcnn.epoch_images import EpochImages, conv_kernels
 from jaxcnn.epochs import SCAN_MAX_BYTES, make_epoch_fn
 from jaxcnn.errors import NonFiniteLossError
 from jaxcnn.layers import Layer
 from jaxcnn.losses import softmax_cross_entropy
-from jaxcnn.ops import _is_int
 from jaxcnn.progress import EpochBar, in_notebook
 from jaxcnn.slices import (
     CPU_L2_BYTES,
@@ -105,7 +105,7 @@ class EarlyStopping:
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
             raise ValueError(f"EarlyStopping: mode must be 'max' or 'min', got {self.mode!r}")
-        if not _is_int(self.patience) or self.patience < 1:
+        if not is_int(self.patience) or self.patience < 1:
             raise ValueError(f"EarlyStopping: patience must be a positive int, got "
                              f"{self.patience!r}")
         object.__setattr__(self, "patience", int(self.patience))
@@ -168,7 +168,7 @@ class Loop:
                  verbose: bool = False, name: str = "train",
                  restore_from: str | os.PathLike | None = None,
                  on_save: Callable[[Loop], None] | None = None) -> None:
-        if not _is_int(epochs) or epochs < 1:
+        if not is_int(epochs) or epochs < 1:
             raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"fit: on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from jaxcnn.checks import is_int
 
 __all__ = [
     "annotated_grid",
@@ -41,12 +42,6 @@ __all__ = [
     "grid_size",
     "misclassified",
 ]
-
-
-def _is_int(v: object) -> bool:
-    """An integer, Python's or NumPy's, but not a bool (as ``jaxcnn.ops._is_int``, which this
-    module cannot import: it stays free of JAX)."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
 
 
 _LINE = 14  # pixel height of one line of text (PIL's default font is 10 px, ~12 px with descent)
@@ -67,7 +62,7 @@ def grid_size(n: int, h: int, w: int, *, pad: int = 1) -> tuple[int, int, int, i
 
 
 def _check_pad(fn: str, pad: int) -> int:
-    if not _is_int(pad) or pad < 0:
+    if not is_int(pad) or pad < 0:
         raise ValueError(f"{fn}: pad must be an int >= 0, got {pad!r}")
     return int(pad)
 
@@ -170,7 +165,7 @@ def feature_map_grid(
             f"feature_map_grid: fmaps must be activations (N, H, W, C), got shape {x.shape}"
         )
     if max_channels is not None and (
-        not _is_int(max_channels) or max_channels < 1
+        not is_int(max_channels) or max_channels < 1
     ):
         raise ValueError(
             f"feature_map_grid: max_channels must be None or an int >= 1, got {max_channels!r}"
@@ -212,7 +207,7 @@ def confusion_matrix(labels: Any, preds: Any, num_classes: int) -> np.ndarray:
     >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2).tolist()
     [[1, 0], [1, 1]]
     """
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"confusion_matrix: num_classes must be an int >= 1, got {num_classes!r}")
     num_classes = int(num_classes)
     t = _labels("confusion_matrix", "labels", labels, num_classes)
@@ -282,7 +277,7 @@ def confusion_matrix_image(
             f"confusion_matrix_image: cm must hold counts >= 0, got {counts.dtype} with minimum "
             f"{counts.min()}"
         )
-    if not _is_int(cell) or cell < 1:
+    if not is_int(cell) or cell < 1:
         raise ValueError(f"confusion_matrix_image: cell must be an int >= 1, got {cell!r}")
     cell = int(cell)
     k = counts.shape[0]
@@ -402,7 +397,7 @@ def annotated_grid(
             f"pred_labels {p.shape[0]}; they need the same number"
         )
     for name, v in (("max_images", max_images), ("min_size", min_size)):
-        if not _is_int(v) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"annotated_grid: {name} must be an int >= 1, got {v!r}")
     max_images, min_size = int(max_images), int(min_size)
 

@@ -575,7 +575,7 @@ def test_every_backend_takes_the_interface_arguments(cls: type) -> None:
 
 def test_modules_do_not_import_jax() -> None:
     """The writers import no JAX (and no jaxcnn module that does), so logging costs no JAX
-    start-up; within jaxcnn they import only each other and ``errors``."""
+    start-up; within jaxcnn they import only each other, ``errors`` and ``checks``."""
     writers = {"tracking", "metric_writer", "tensorboard_writer"}
     allowed = {"numpy", "PIL", "tensorboardX", "jaxcnn"} | set(sys.stdlib_module_names)
     for module in (*sorted(writers), "visualize"):
@@ -592,7 +592,7 @@ def test_modules_do_not_import_jax() -> None:
                 elif node.module.startswith("jaxcnn."):
                     ours.add(node.module)
         assert names <= allowed, (module, names - allowed)
-        assert ours <= {f"jaxcnn.{m}" for m in writers | {"errors"}}, (module, ours)
+        assert ours <= {f"jaxcnn.{m}" for m in writers | {"errors", "checks"}}, (module, ours)
 
 
 def test_tracking_exports_every_writer() -> None:

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from jaxcnn import ops
 from jaxcnn._types import Array, Key, Padding, Params, Shape, State
+from jaxcnn.checks import is_int
 from jaxcnn.errors import LayerError
-from jaxcnn.ops import _is_int
 
 __all__ = [
     "ApplyFn", "InitFn", "Layer", "LayerInfo", "check_padding", "check_pair", "check_params",
@@ -100,7 +100,7 @@ def make_layer(init: Callable, apply: Callable, info: LayerInfo) -> Layer:
             raise LayerError(info.kind, info.name, f"init needs a PRNG key, e.g. "
                              f"jax.random.key(0), got {type(key).__name__} {key!r:.60}")
         if isinstance(in_shape, tuple | list):
-            in_shape = type(in_shape)(int(d) if _is_int(d) else d for d in in_shape)
+            in_shape = type(in_shape)(int(d) if is_int(d) else d for d in in_shape)
         return init(key, in_shape)
 
     def apply_checked(params, state, x, *, key=None, train=False):
@@ -181,7 +181,7 @@ def check_padding(padding: Padding, kind: str, name: str | None) -> Padding:
         raise LayerError(kind, name, str(e).split(": ", 1)[1]) from None
     if isinstance(padding, str):
         return padding
-    if _is_int(padding):
+    if is_int(padding):
         return int(padding)
     return tuple(tuple(int(v) for v in p) for p in padding)  # type: ignore[return-value]
 
@@ -203,7 +203,7 @@ def check_window_fits(kind: str, name: str | None, in_shape: Shape, window: tupl
 
 def check_positive_int(value: Any, what: str, kind: str, name: str | None) -> int:
     """``value`` (an int, not a bool, >= 1) as a Python int; ``what`` names the argument."""
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise LayerError(kind, name, f"{what} must be a positive int, got {value!r}")
     return int(value)
 

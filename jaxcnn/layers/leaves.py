@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxcnn import ops
 from jaxcnn._types import Array, Initializer, Padding
+from jaxcnn.checks import is_int, is_real
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.core import (
     Layer,
@@ -29,7 +30,6 @@ from jaxcnn.layers.core import (
     make_layer,
     wrap_apply,
 )
-from jaxcnn.ops import _is_int, _is_real
 
 __all__ = [
     "AvgPool", "BatchNorm", "Conv", "Dense", "Dropout", "Elu", "Flatten", "GlobalAvgPool",
@@ -235,7 +235,7 @@ def Tanh(*, name: str | None = None) -> Layer:
 
 def LeakyRelu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
     """x for x >= 0, ``negative_slope * x`` otherwise."""
-    if not _is_real(negative_slope) or not math.isfinite(negative_slope):
+    if not is_real(negative_slope) or not math.isfinite(negative_slope):
         raise LayerError("LeakyRelu", name, f"negative_slope must be a finite number, got "
                          f"{negative_slope!r}")
     negative_slope = float(negative_slope)
@@ -244,14 +244,14 @@ def LeakyRelu(negative_slope: float = 0.01, *, name: str | None = None) -> Layer
 
 def Elu(alpha: float = 1.0, *, name: str | None = None) -> Layer:
     """x for x > 0, ``alpha * (exp(x) - 1)`` otherwise."""
-    if not _is_real(alpha) or not math.isfinite(alpha):
+    if not is_real(alpha) or not math.isfinite(alpha):
         raise LayerError("Elu", name, f"alpha must be a finite number, got {alpha!r}")
     alpha = float(alpha)
     return _stateless("Elu", "elu", lambda x: ops.elu(x, alpha), name)
 
 
 def _check_axis(axis: Any, kind: str, name: str | None) -> int:
-    if not _is_int(axis):
+    if not is_int(axis):
         raise LayerError(kind, name, f"axis must be an int, got {axis!r}")
     return int(axis)
 
@@ -299,7 +299,7 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
     *dropped*) and scale the rest by 1 / (1 - rate); identity at inference. Needs ``key`` when
     ``train=True``."""
     kind = "Dropout"
-    if not _is_real(rate) or not 0.0 <= rate < 1.0:
+    if not is_real(rate) or not 0.0 <= rate < 1.0:
         raise LayerError(kind, name, f"rate (the fraction dropped) must be in [0, 1), got "
                          f"{rate!r}")
     rate = float(rate)
@@ -337,7 +337,7 @@ def BatchNorm(
     """
     kind = "BatchNorm"
     for what, v, lo, hi in (("momentum", momentum, 0.0, 1.0), ("epsilon", epsilon, 0.0, math.inf)):
-        if not _is_real(v) or not (lo <= v < hi and (what == "momentum" or v > 0)):
+        if not is_real(v) or not (lo <= v < hi and (what == "momentum" or v > 0)):
             need = "in [0, 1)" if what == "momentum" else "> 0"
             raise LayerError(kind, name, f"{what} must be {need}, got {v!r}")
     momentum, epsilon = float(momentum), float(epsilon)
