@@ -20,20 +20,23 @@ from jaxcnn.summarize import Summary, SummaryRow, summary
 # Imported on first use: they pull in tensorboardX, scikit-learn or the runner, which code
 # that only composes layers should not pay for at import.
 _LAZY = ("checkpoint", "components", "config", "data", "distributed", "experiment", "memory",
-         "registry", "runs", "scripts", "steps", "tracking", "train", "visualize", "walk")
+         "registry", "runs", "scripts", "steps", "tracking", "train", "trained", "visualize",
+         "walk")
 
 __all__ = ["Layer", "Summary", "SummaryRow", "errors", "filters", "layers", "losses", "models",
-           "ops", "summary", *_LAZY]
+           "load", "ops", "summary", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "load":  # jaxcnn.load(run_dir): a trained model, see jaxcnn.trained
+        return importlib.import_module("jaxcnn.trained").load
     if name in _LAZY:
         return importlib.import_module(f"jaxcnn.{name}")
     raise AttributeError(f"module 'jaxcnn' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"load"})
 
 
 __version__ = "0.1.0"

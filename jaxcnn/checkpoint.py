@@ -263,14 +263,17 @@ def _key_impl(ref: Any) -> Any:
     return getattr(ref.dtype, "_impl", None)  # None: JAX's default implementation
 
 
-def restore(path: str | os.PathLike[str], template: Any) -> tuple[Any, dict[str, Any]]:
+def restore(path: str | os.PathLike[str], template: Any, *,
+            partial: bool = False) -> tuple[Any, dict[str, Any]]:
     """The tree saved at ``path`` (an ``.npz``) in the structure of ``template``, and its metadata.
 
     ``template`` is a freshly initialised tree of the same kind, or its ``jax.eval_shape``
     (only its structure, shapes and dtypes are used, so nothing needs computing). Raises
     CheckpointError when the checkpoint is incomplete, or when a leaf path is missing on either
     side or a shape or dtype differs, naming the first such leaf in the template's order, e.g.
-    ``params/conv1/w: checkpoint (5, 5, 1, 6), model (3, 3, 1, 6)``.
+    ``params/conv1/w: checkpoint (5, 5, 1, 6), model (3, 3, 1, 6)``. ``partial``: the template
+    is part of what was saved (e.g. ``{"params": ..., "state": ...}`` of a saved TrainState):
+    saved leaves outside it are left out instead of refused.
     """
     npz = Path(path)
     meta, blob = _verify(npz)
@@ -302,7 +305,7 @@ def restore(path: str | os.PathLike[str], template: Any) -> tuple[Any, dict[str,
         else:
             leaves.append(jax.numpy.asarray(arr))
     extra = [k for k in stored if k not in flat_template]
-    if extra:
+    if extra and not partial:
         raise CheckpointError(f"checkpoint {npz} does not fit this model: {extra[0]}: checkpoint "
                               f"{stored[extra[0]].shape}, not in the model; it was saved from a "
                               f"different model or optimizer")

@@ -16,7 +16,9 @@ or a value of the wrong type prints the error with the list of valid keys and ex
   loss are rebuilt from the run folder's checked copy of it);
 - ``jaxcnn runs [DIR]``: a table of the runs under DIR (default ``runs``);
 - ``jaxcnn summary EXPERIMENT [overrides]``: the model table;
-- ``jaxcnn list``: the experiments found.
+- ``jaxcnn list``: the experiments found;
+- ``jaxcnn predict RUN_DIR FILE... [--top K] [--json] [--checkpoint best|last|NAME]``: classify
+  image files with a trained run (:func:`jaxcnn.load`).
 
 Exit codes: 0 done, 1 a run failed (non-finite loss, unusable checkpoint or folder), 2 a bad
 command line or config, 130/143 stopped by SIGINT/SIGTERM after a checkpoint.
@@ -350,7 +352,46 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("experiment")
     m.add_argument("overrides", nargs=argparse.REMAINDER)
     sub.add_parser("list", help="list the experiments found")
+    q = sub.add_parser("predict", help="classify image files with a trained run: jaxcnn predict "
+                       "RUN_DIR FILE... [--top K] [--json]")
+    q.add_argument("run_dir")
+    q.add_argument("files", nargs="+", metavar="FILE")
+    q.add_argument("--top", type=int, default=3, help="how many classes to show per file")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q.add_argument("--checkpoint", default="best", help="best (default), last or a name")
     return p
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """``jaxcnn predict``: each file's top classes; unreadable files are reported by name
+    after the others, and make the exit status 1."""
+    import numpy as np
+
+    from jaxcnn import trained
+
+    if args.top < 1:
+        raise ConfigError(f"--top must be >= 1, got {args.top}")
+    model = trained.load(args.run_dir, checkpoint=args.checkpoint)
+    images, files, failed = [], [], []
+    for f in args.files:
+        try:
+            images.append(trained.read_image(f, model.input_shape))
+            files.append(f)
+        except JaxcnnError as e:
+            failed.append(str(e))
+    probs = model.predict(np.stack(images)) if images else np.zeros((0, 0))
+    for f, p in zip(files, probs, strict=True):
+        order = np.argsort(-p, kind="stable")[:args.top]
+        top = [{"label": int(i), "class": model.class_names[i], "probability": float(p[i])}
+               for i in order]
+        if args.json:
+            print(json.dumps({"file": f, **top[0], "top": top}))
+        else:
+            shown = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top)
+            print(f"{f}: {shown}")
+    for message in failed:
+        _error(message)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "runs":
             print(runs_table(args.dir))
             return EXIT_OK
+        if args.command == "predict":
+            return _predict(args)
         if args.command == "list":
             found = find_experiments()
             for name, path in found.items():

@@ -12,6 +12,7 @@ the data. Everything that cannot train is refused here, before a run folder is m
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,14 +23,14 @@ import numpy as np
 
 from jaxcnn import config as config_lib
 from jaxcnn import data as data_lib
-from jaxcnn import registry, scripts
+from jaxcnn import registry, runs, scripts
 from jaxcnn.config import Config
-from jaxcnn.errors import ConfigError
+from jaxcnn.errors import ConfigError, RunError
 from jaxcnn.layers import Layer
 from jaxcnn.summarize import summary
 
 __all__ = ["Components", "DataSpec", "LossSpec", "ModelSpec", "build", "describe",
-           "import_in_background", "is_config_function", "model_summary"]
+           "import_in_background", "is_config_function", "model_summary", "user_code"]
 
 ModelSpec = Layer | Callable[[Config], Layer] | None
 DataSpec = data_lib.Splits | Callable[[Config], data_lib.Splits] | None
@@ -179,3 +180,20 @@ def model_summary(config: Config, *, model: ModelSpec = None, data: DataSpec = N
     return str(summary(layer, (None, *shape)))
 
 
+def user_code(run_dir: str | os.PathLike[str], sources: dict[str, str], model: ModelSpec,
+              data: DataSpec, loss_fn: LossSpec) -> tuple[ModelSpec, DataSpec, LossSpec]:
+    """The model, data and loss a resumed run gets: those given, else those its sources name
+    (a script's from the run folder's checked copy, :func:`jaxcnn.scripts.import_script`)."""
+    folder = Path(run_dir)
+    given = {"model": model, "dataset": data, "loss": loss_fn}
+    wanted = {k: s for k, s in sources.items() if given.get(k) is None}
+    module = None
+    if any(s.partition(":")[0].endswith(".py") for s in wanted.values()):
+        entry = runs.read_status(folder).get("script")
+        if not entry:
+            raise RunError(f"{folder} has no record of the script its "
+                           f"{', '.join(wanted)} came from; resume from Python with them given")
+        module = scripts.import_script(folder, entry)
+    for key, source in wanted.items():
+        given[key] = scripts.resolve(source, module=module)
+    return given["model"], given["dataset"], given["loss"]

@@ -10,8 +10,8 @@ object itself or as a function of the config (as an experiment script's ``get_mo
 
 Each run gets its own folder (:mod:`jaxcnn.runs`) holding ``config.json``, ``summary.txt``,
 ``run.json`` (status, epochs, the final and best-validation-epoch metrics, wall time, the
-normalisation, the class names, the devices and processes; ``status`` "failed" with the
-``error`` when a run crashes), ``checkpoints/`` (one per epoch, the newest
+normalisation, the class names, the input shape, the devices and processes; ``status``
+"failed" with the ``error`` when a run crashes), ``checkpoints/`` (one per epoch, the newest
 ``keep_checkpoints`` and the best by validation metric kept), the TensorBoard event files (the
 tags of :mod:`jaxcnn.train`, the texts ``config`` and ``model_summary``, and hparams: the keys
 that define the run with its final metrics, once it completes), and a copy of the script its
@@ -355,7 +355,8 @@ def run(config: Config | FiltersConfig, *, model: ModelSpec = None, data: DataSp
                           status="starting", epochs_done=0, epochs=config.epochs,
                           devices=1 if mesh is None else int(mesh.devices.size),
                           processes=jax.process_count(), script=script,
-                          normalization=parts.normalization, class_names=parts.class_names)
+                          normalization=parts.normalization, class_names=parts.class_names,
+                          input_shape=list(parts.train.images.shape[1:]))
         runs.save_config(run_dir, config, parts.sources)  # last: it makes this a run folder
     try:
         return _train(config, run_dir, parts, resume_from=None,
@@ -370,24 +371,6 @@ def run(config: Config | FiltersConfig, *, model: ModelSpec = None, data: DataSp
 def load_run_config(run_dir: str | os.PathLike[str]) -> Any:
     """The config saved in run folder ``run_dir``; RunError if it is not a run folder."""
     return runs.load_config(run_dir)[0]
-
-
-def _user_code(folder: Path, sources: dict[str, str], model: ModelSpec, data: DataSpec,
-               loss_fn: LossSpec) -> tuple[ModelSpec, DataSpec, LossSpec]:
-    """The model, data and loss a resumed run gets: those given, else those its sources name
-    (a script's from the run folder's checked copy)."""
-    given = {"model": model, "dataset": data, "loss": loss_fn}
-    wanted = {k: s for k, s in sources.items() if given.get(k) is None}
-    module = None
-    if any(s.partition(":")[0].endswith(".py") for s in wanted.values()):
-        entry = runs.read_status(folder).get("script")
-        if not entry:
-            raise RunError(f"{folder} has no record of the script its "
-                           f"{', '.join(wanted)} came from; resume from Python with them given")
-        module = scripts.import_script(folder, entry)
-    for key, source in wanted.items():
-        given[key] = scripts.resolve(source, module=module)
-    return given["model"], given["dataset"], given["loss"]
 
 
 def _start_over(folder: Path) -> None:
@@ -432,7 +415,7 @@ def resume(run_dir: str | os.PathLike[str], *, model: ModelSpec = None, data: Da
                        f"pass --force (force=True) to resume anyway")
     t_start = time.perf_counter()
     _start_backend(new)  # every process reads the checkpoint: the folder must be shared
-    model, data, loss_fn = _user_code(folder, sources, model, data, loss_fn)
+    model, data, loss_fn = components.user_code(folder, sources, model, data, loss_fn)
     parts = components.build(new, model, data, loss_fn)
     parts.sources = {**parts.sources, **sources}  # as recorded when the run started
     latest = ckpt.latest(folder / runs.CHECKPOINTS)
