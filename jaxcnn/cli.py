@@ -359,7 +359,34 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--top", type=int, default=3, help="how many classes to show per file")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
     q.add_argument("--checkpoint", default="best", help="best (default), last or a name")
+    q.add_argument("--explain", metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per file "
+                   "(saliency for a model without conv layers) into OUT_DIR")
     return p
+
+
+_WRITTEN: set[Path] = set()
+
+
+def _explain_png(model: Any, image: Any, file: Path, out_dir: Path) -> Path:
+    """Write ``image``'s explanation for its predicted class over it, as a PNG in ``out_dir``
+    (enlarged by a whole factor to about 224 pixels where the image is smaller)."""
+    import numpy as np
+    from PIL import Image
+
+    from jaxcnn import explain, trained
+
+    heat = trained.explain(model, image)
+    shown = explain.overlay(np.asarray(image, np.float32) / 255.0, heat)
+    target, n = out_dir / f"{file.stem}_explained.png", 1
+    while target in _WRITTEN:  # two files of one name from different folders
+        n += 1
+        target = out_dir / f"{file.stem}_{n}_explained.png"
+    _WRITTEN.add(target)
+    picture = Image.fromarray(np.round(shown * 255).astype(np.uint8))
+    scale = max(1, 224 // max(picture.size))  # small inputs (28x28) enlarged to be seen
+    picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST
+                   ).save(target)
+    return target
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -380,15 +407,22 @@ def _predict(args: argparse.Namespace) -> int:
         except JaxcnnError as e:
             failed.append(str(e))
     probs = model.predict(np.stack(images)) if images else np.zeros((0, 0))
-    for f, p in zip(files, probs, strict=True):
+    out_dir = Path(args.explain) if args.explain else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for f, image, p in zip(files, images, probs, strict=True):
         order = np.argsort(-p, kind="stable")[:args.top]
         top = [{"label": int(i), "class": model.class_names[i], "probability": float(p[i])}
                for i in order]
+        record: dict[str, Any] = {"file": f, **top[0], "top": top}
+        if out_dir is not None:
+            record["explain"] = str(_explain_png(model, image, Path(f), out_dir))
         if args.json:
-            print(json.dumps({"file": f, **top[0], "top": top}))
+            print(json.dumps(record))
         else:
             shown = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in top)
-            print(f"{f}: {shown}")
+            print(f"{f}: {shown}" + (f" (explained in {record['explain']})"
+                                     if out_dir is not None else ""))
     for message in failed:
         _error(message)
     return EXIT_FAILED if failed else EXIT_OK

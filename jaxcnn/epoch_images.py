@@ -1,6 +1,7 @@
 """The images a training epoch logs to TensorBoard: each conv layer's filters, a few fixed
-images and their feature maps after every conv layer, and the report split's confusion matrix
-and misclassified examples."""
+images, their feature maps after every conv layer and what explains the network's prediction
+for them (saliency and Grad-CAM overlays, :mod:`jaxcnn.explain`), and the report split's
+confusion matrix and misclassified examples."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import data as data_lib
-from jaxcnn import visualize
+from jaxcnn import explain, visualize, walk
 from jaxcnn._types import Params, State
 from jaxcnn.layers import Layer
 from jaxcnn.walk import intermediates
@@ -63,6 +64,8 @@ class EpochImages:
         labels = np.asarray(split.labels) if split is not None else np.zeros(0)
         self.classified = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
         self.features_fn = jax.jit(lambda p, s, x: intermediates(model, p, s, x))
+        self.model = model
+        self.has_conv = any(node.info.kind == "Conv" for node in walk.nodes(model))
 
     def __call__(self, params: Params, state: State,
                  predictions: np.ndarray | None) -> dict[str, Any]:
@@ -73,6 +76,8 @@ class EpochImages:
             for p, fmap in self.features_fn(params, state, self.features).items():
                 images[f"features/{p}"] = visualize.feature_map_grid(
                     np.asarray(fmap), max_channels=MAX_FEATURE_CHANNELS)
+            if self.classified:
+                images.update(self.explained(params, state))
         if predictions is None or not self.classified:
             return images
         labels = self.split.labels
@@ -85,3 +90,16 @@ class EpochImages:
                 wrong_x, wrong_t, wrong_p, class_names=self.class_names,
                 max_images=MAX_MISCLASSIFIED)
         return images
+
+    def explained(self, params: Params, state: State) -> dict[str, np.ndarray]:
+        """``explain/saliency`` and ``explain/grad_cam`` (where the model has a conv layer):
+        each fixed image with its map for the predicted class on top, (N, H, W, 3)."""
+        out: dict[str, np.ndarray] = {}
+        kinds = [("saliency", explain.saliency)]
+        if self.has_conv:
+            kinds.append(("grad_cam", explain.grad_cam))
+        for name, method in kinds:
+            out[f"explain/{name}"] = np.stack([
+                explain.overlay(shown, method(self.model, params, state, x))
+                for x, shown in zip(self.features, self.shown, strict=False)])
+        return out

@@ -22,13 +22,13 @@ import jax
 import numpy as np
 
 from jaxcnn import checkpoint as ckpt
-from jaxcnn import components, registry, runs
+from jaxcnn import components, registry, runs, walk
 from jaxcnn import data as data_lib
 from jaxcnn.config import Config, FiltersConfig
 from jaxcnn.errors import CheckpointError, DataError, RunError
 from jaxcnn.layers import Layer
 
-__all__ = ["TrainedModel", "load", "read_image"]
+__all__ = ["TrainedModel", "explain", "load", "read_image"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,26 @@ def read_image(path: str | os.PathLike[str], input_shape: tuple[int, int, int]) 
         raise DataError(f"{path}: cannot read it as an image ({e}); pass PNG or JPEG "
                         f"files") from None
     return x.reshape(h, w, c)
+
+
+def explain(trained: TrainedModel, image: Any, *, method: str = "grad_cam",
+            target: int | None = None) -> np.ndarray:
+    """Where in ``image`` (one image, as :meth:`TrainedModel.prepare` takes it) the network
+    looks for class ``target`` (default: the one it predicts): an (H, W) map in [0, 1] by
+    ``method`` "grad_cam" (the last conv layer's; "saliency" for a model without one) or
+    "saliency" (:mod:`jaxcnn.explain`)."""
+    from jaxcnn import explain as explain_lib
+
+    if method not in ("grad_cam", "saliency"):
+        raise ValueError(f"explain: method must be 'grad_cam' or 'saliency', got {method!r}")
+    x = trained.prepare(image)
+    if len(x) != 1:
+        raise DataError(f"explain: one image at a time, got {len(x)}")
+    if method == "grad_cam" and not any(node.info.kind == "Conv"
+                                        for node in walk.nodes(trained.model)):
+        method = "saliency"
+    fn = explain_lib.grad_cam if method == "grad_cam" else explain_lib.saliency
+    return fn(trained.model, trained.params, trained.state, x[0], target)
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:

@@ -16,6 +16,10 @@ unused cells of the last row are ``pad_value`` too. :func:`grid_size` computes t
 Normalisation is min-max per tile, over its finite values: the smallest value maps to 0, the
 largest to 1; a constant tile maps to 0.5 and non-finite values to 0.
 
+Explaining one prediction, :func:`saliency`, :func:`grad_cam` and :func:`overlay`, lives in
+:mod:`jaxcnn.explain` and is reachable here as ``visualize.saliency`` etc.; it needs JAX, so it
+is imported on first use, and importing this module stays free of JAX.
+
 >>> import numpy as np
 >>> filter_grid(np.zeros((3, 3, 1, 8))).shape  # 8 tiles -> 3 x 3 grid of 3 x 3 tiles
 (11, 11, 1)
@@ -24,6 +28,7 @@ largest to 1; a constant tile maps to 0.5 and non-finite values to 0.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +47,19 @@ __all__ = [
     "grid_size",
     "misclassified",
 ]
+
+
+_EXPLAIN = ("grad_cam", "overlay", "saliency")  # from jaxcnn.explain, imported on first use
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPLAIN:
+        return getattr(importlib.import_module("jaxcnn.explain"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPLAIN))
 
 
 _LINE = 14  # pixel height of one line of text (PIL's default font is 10 px, ~12 px with descent)
