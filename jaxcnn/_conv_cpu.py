@@ -29,7 +29,9 @@ XLA's CPU backend runs well. For Y = X * K (cross-correlation) and G = dE/dY:
   Inputs of 2 to 7 channels are zero-padded to 8 for XLA's convolutions, which run faster so.
 - XLA's CPU runtime runs a convolution whose output is stored on a single core, but runs
   independent operations of a training step side by side; so in the differentiated pass the
-  convolutions run as ``split`` batch slices (4 from batch 64 on), concatenated.
+  convolutions run as ``split`` batch slices (4 from batch 64 on), concatenated. A symbolic
+  batch (``jax.export`` with a ``"b, H, W, C"`` shape) is never split: the plan then depends
+  on the kernel alone, and each slice's bounds would need the batch's value.
 
 Because it is a custom JVP rather than a custom VJP, forward mode (``jax.jvp``,
 ``jax.jacfwd``, ``jax.hessian``), reverse mode, ``vmap`` and higher-order derivatives all keep
@@ -39,12 +41,17 @@ layer) is a symbolic zero and costs nothing.
 When: :func:`enabled` decides at trace time from ``JAXCNN_CONV_IMPL``: ``auto`` (default:
 this path when JAX's default backend is the CPU; GPU and TPU keep ``lax.conv_general_dilated``
 as it is), ``cpu`` (always) or ``xla`` (never: plain ``lax.conv_general_dilated`` and JAX's
-own derivatives, e.g. to compare).
+own derivatives, e.g. to compare). :func:`use_xla_conv` forces ``xla`` for the functions traced
+inside it, whatever the variable says: :func:`jaxcnn.export.export_model` traces so for a
+program lowered for GPU or TPU too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 from functools import partial
 from typing import NamedTuple
 
@@ -54,8 +61,9 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn._types import Array
+from jaxcnn.checks import is_int
 
-__all__ = ["ENV_VAR", "Plan", "concat_slices", "conv2d", "enabled", "plan_for"]
+__all__ = ["ENV_VAR", "Plan", "concat_slices", "conv2d", "enabled", "plan_for", "use_xla_conv"]
 
 #: Environment variable that picks the implementation at trace time: auto, cpu or xla.
 ENV_VAR = "JAXCNN_CONV_IMPL"
@@ -63,10 +71,35 @@ ENV_VAR = "JAXCNN_CONV_IMPL"
 Pads = tuple[tuple[int, int], tuple[int, int]]
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
+# Set only by use_xla_conv, for the current thread or task (a ContextVar, not a global flag):
+# another thread tracing at the same time keeps JAXCNN_CONV_IMPL's choice.
+_FORCE_XLA: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxcnn_force_xla_conv",
+                                                                 default=False)
+
+
+@contextlib.contextmanager
+def use_xla_conv() -> Iterator[None]:
+    """Functions traced inside this block use ``lax.conv_general_dilated`` and JAX's own
+    derivatives (:func:`enabled` is False), as ``JAXCNN_CONV_IMPL=xla`` would; for programs
+    that must not carry this CPU-specific formulation, e.g. ones lowered for GPU as well.
+
+    >>> with use_xla_conv():
+    ...     enabled()
+    False
+    """
+    token = _FORCE_XLA.set(True)
+    try:
+        yield
+    finally:
+        _FORCE_XLA.reset(token)
+
 
 def enabled() -> bool:
     """Whether :func:`jaxcnn.ops.conv2d` takes this path; read from ``JAXCNN_CONV_IMPL`` when a
-    function is traced, so a jitted function keeps the choice it was compiled with."""
+    function is traced, so a jitted function keeps the choice it was compiled with. Always
+    False inside :func:`use_xla_conv`."""
+    if _FORCE_XLA.get():
+        return False
     impl = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if impl not in ("auto", "cpu", "xla"):
         raise ValueError(f"{ENV_VAR} must be 'auto', 'cpu' or 'xla', got {impl!r}; unset it "
@@ -103,7 +136,8 @@ def plan_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1
     AVX2 CPU: the 1-channel forward as taps (for inference only up to 16 output channels), the
     input gradient of a 1-channel input as a GEMM, the weight gradient as a
     GEMM from 32 output channels on (or with groups) and as a convolution below; in training,
-    from batch 64 on, the convolutions run as 4 batch slices."""
+    from batch 64 on, the convolutions run as 4 batch slices. A batch that is not a concrete
+    int (None, or symbolic under ``jax.export``) runs whole."""
     kh, kw, cin_g, cout = w_shape
     single = groups == 1
     fwd = "taps" if single and cin_g == 1 else "lax"
@@ -111,7 +145,7 @@ def plan_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1
     dw = "gemm" if cout >= 32 or not single else "conv"
     # XLA's CPU runtime runs a convolution whose output is stored on one core; inside a
     # training step (a scan body) it runs independent ones side by side.
-    split = 4 if (x_shape[0] or 0) >= 64 else 1
+    split = 4 if is_int(x_shape[0]) and x_shape[0] >= 64 else 1
     infer = "taps" if fwd == "taps" and cout <= 16 else "lax"
     return Plan(fwd, dx, dw, split, infer)
 
@@ -185,8 +219,9 @@ def concat_slices(fn, x: Array, parts: int) -> Array:
 
 
 def _batch_split(fn, x: Array, parts: int) -> Array:
-    """:func:`concat_slices` for a convolution's batch, left whole below 2 rows a slice."""
-    if parts <= 1 or x.shape[0] < 2 * parts:
+    """:func:`concat_slices` for a convolution's batch, left whole below 2 rows a slice or when
+    the batch is symbolic (``jax.export``): a slice's bounds need its value."""
+    if parts <= 1 or not is_int(x.shape[0]) or x.shape[0] < 2 * parts:
         return fn(x)
     return concat_slices(fn, x, parts)
 

@@ -17,8 +17,10 @@ or a value of the wrong type prints the error with the list of valid keys and ex
 - ``jaxcnn runs [DIR]``: a table of the runs under DIR (default ``runs``);
 - ``jaxcnn summary EXPERIMENT [overrides]``: the model table;
 - ``jaxcnn list``: the experiments found;
-- ``jaxcnn predict RUN_DIR FILE... [--top K] [--json] [--checkpoint best|last|NAME]``: classify
-  image files with a trained run (:func:`jaxcnn.load`).
+- ``jaxcnn predict RUN_DIR FILE... [--top K] [--json] [--checkpoint best|last|NAME]
+  [--explain OUT_DIR]``: classify image files with a trained run (:func:`jaxcnn.load`);
+- ``jaxcnn export RUN_DIR OUT_FILE [--platforms cpu,cuda]``: the trained model as
+  ``jax.export`` bytes (:func:`jaxcnn.export.export_model`).
 
 Exit codes: 0 done, 1 a run failed (non-finite loss, unusable checkpoint or folder), 2 a bad
 command line or config, 130/143 stopped by SIGINT/SIGTERM after a checkpoint.
@@ -359,9 +361,36 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--top", type=int, default=3, help="how many classes to show per file")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
     q.add_argument("--checkpoint", default="best", help="best (default), last or a name")
+    e = sub.add_parser("export", help="write a trained run's model as jax.export bytes: jaxcnn "
+                       "export RUN_DIR OUT_FILE [--platforms cpu,cuda]")
+    e.add_argument("run_dir")
+    e.add_argument("out_file")
+    e.add_argument("--platforms", default="cpu", help="comma-separated: cpu, cuda, rocm, tpu")
+    e.add_argument("--checkpoint", default="best", help="best (default), last or a name")
     q.add_argument("--explain", metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per file "
                    "(saliency for a model without conv layers) into OUT_DIR")
     return p
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``jaxcnn export``: the run's model, normalisation included, as ``jax.export`` bytes."""
+    from jaxcnn import trained
+    from jaxcnn.export import export_model
+
+    model = trained.load(args.run_dir, checkpoint=args.checkpoint)
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    try:
+        blob = export_model(model.model, model.params, model.state,
+                            input_shape=model.input_shape, mean=model.mean, std=model.std,
+                            platforms=platforms)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    Path(args.out_file).write_bytes(blob)
+    h, w, c = model.input_shape
+    print(f"wrote {args.out_file} ({len(blob)} bytes): float32 images (batch, {h}, {w}, {c}) in "
+          f"[0, 1] -> probabilities (batch, {len(model.class_names)}) of classes "
+          f"{', '.join(model.class_names)}; platforms {', '.join(platforms)}")
+    return EXIT_OK
 
 
 _WRITTEN: set[Path] = set()
@@ -437,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "predict":
             return _predict(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "list":
             found = find_experiments()
             for name, path in found.items():

@@ -141,3 +141,28 @@ def test_jaxcnn_predict_json_on_png_files_agrees_with_predict(run_dir, test_imag
         assert line["label"] == int(np.argmax(p)) and line["class"] == str(np.argmax(p))
         assert line["probability"] == pytest.approx(float(p.max()), abs=1e-5)
         assert [t["label"] for t in line["top"]] == list(np.argsort(-p, kind="stable")[:2])
+
+
+def test_exported_model_in_a_fresh_process_without_jaxcnn_agrees_with_predict(
+        run_dir, test_images, tmp_path):
+    """``jaxcnn export``: the bytes load and run in a process that imports only jax and numpy
+    (no jaxcnn), and give predict's probabilities within 1e-5 at two batch sizes."""
+    out = tmp_path / "model.jaxexport"
+    done = subprocess.run([sys.executable, "-m", "jaxcnn.cli", "export", str(run_dir), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    np.save(tmp_path / "x.npy", test_images[:7])
+    script = (
+        "import sys, numpy as np\n"
+        "from jax import export\n"
+        f"exp = export.deserialize(bytearray(open({str(out)!r}, 'rb').read()))\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        f"np.save({str(tmp_path / 'p1.npy')!r}, np.asarray(exp.call(x[:1])))\n"
+        f"np.save({str(tmp_path / 'p7.npy')!r}, np.asarray(exp.call(x)))\n"
+        "assert not [m for m in sys.modules if m.startswith('jaxcnn')]\n")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    want = jaxcnn.load(run_dir).predict(test_images[:7])
+    np.testing.assert_allclose(np.load(tmp_path / "p7.npy"), want, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "p1.npy"), want[:1], atol=1e-5)
