@@ -15,20 +15,18 @@ from jaxcnn import cli, data
 from jaxcnn import layers as L
 from jaxcnn.config import Config
 
-IMAGE_SIZE = 16
-
 
 def get_config() -> Config:
-    return Config(experiment="own_images", dataset="data/images", epochs=10, batch_size=16,
-                  optimizer="adam", lr=3e-3, val_fraction=0.2, log_every=5)
+    return Config(experiment="own_images", dataset="data/images", image_size=16, epochs=10,
+                  batch_size=16, optimizer="adam", lr=3e-3, val_fraction=0.2, log_every=5)
 
 
 def get_data(config: Config) -> data.Splits:
-    return data.load(config.dataset, image_size=IMAGE_SIZE)
+    return data.load(config.dataset, image_size=config.image_size)
 
 
 def get_model(config: Config) -> L.Layer:
-    classes = data.info(config.dataset).num_classes
+    classes = data.info(config.dataset, image_size=config.image_size).num_classes
     return L.serial(
         L.Conv(16, 3, padding="SAME"), L.Relu(), L.MaxPool(2),
         L.Conv(32, 3, padding="SAME"), L.Relu(), L.GlobalAvgPool(),

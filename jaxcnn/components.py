@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxcnn import config as config_lib
@@ -74,15 +75,50 @@ def import_in_background(module: str) -> threading.Thread:
 
 
 def is_config_function(loss: Callable[..., Any]) -> bool:
-    """Whether ``loss`` is a function of the config (one required positional parameter)
-    rather than a loss ``(logits, labels, ...)``."""
+    """Whether ``loss`` is a function of the config, ``get_loss(config)`` (one positional
+    parameter), rather than a loss ``(logits, labels, ...)`` (two or more)."""
     try:
         params = inspect.signature(loss).parameters.values()
     except (TypeError, ValueError):
         return False
-    required = [p for p in params if p.default is p.empty and
-                p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(required) == 1
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 1
+
+
+def _check_fits(layer: Layer, loss: Callable[..., Any], splits: data_lib.Splits,
+                names: Any, sources: dict[str, str]) -> None:
+    """Refuse, before anything trains, data whose labels the model's outputs cannot hold,
+    class names that do not match them, and a loss that gives no scalar on the model's outputs
+    (traced on two examples, nothing computed)."""
+    from jaxcnn import steps
+
+    where = " and ".join(f"{k} {v}" for k, v in sources.items()) or "the config"
+    x = splits.train.images
+    out = jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, train=False)[0],
+                         *jax.eval_shape(lambda k: layer.init(k, (None, *x.shape[1:]))[1:],
+                                         jax.random.key(0)),
+                         jax.ShapeDtypeStruct((2, *x.shape[1:]), np.float32))
+    for split_name, split in (("train", splits.train), ("test", splits.test)):
+        try:
+            steps.check_class_labels("data", split_name, split.labels, out.shape)
+        except ValueError as e:
+            raise ConfigError(f"{e} (from {where})") from None
+    if names and len(out.shape) == 2 and len(names) != out.shape[-1]:
+        raise ConfigError(f"data: {len(names)} class names for a model with {out.shape[-1]} "
+                          f"outputs (from {where}); give one name per output")
+    labels = np.asarray(splits.train.labels[:2])
+    try:
+        value = jax.eval_shape(loss, jax.ShapeDtypeStruct(out.shape, out.dtype),
+                               jax.ShapeDtypeStruct(labels.shape, labels.dtype))
+    except Exception as e:  # noqa: BLE001 -- any failure of the user's loss, named
+        raise ConfigError(f"loss: calling it as loss(logits, labels) on the model's outputs "
+                          f"{tuple(out.shape)} and labels {labels.dtype}{tuple(labels.shape)} "
+                          f"failed ({type(e).__name__}: {e}) (from {where})") from None
+    if getattr(value, "shape", None) != ():
+        raise ConfigError(f"loss: it must return a scalar (the batch's mean), got shape "
+                          f"{getattr(value, 'shape', type(value).__name__)} (from {where})")
 
 
 def load_splits(config: Config, data: DataSpec) -> data_lib.Splits:
@@ -114,9 +150,18 @@ def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -
                 else None)
     splits = load_splits(config, data)
     train_split, test = splits.train, splits.test
+    for split_name, split in (("train", train_split), ("test", test)):
+        if len(split.images) != len(split.labels):
+            raise ConfigError(f"data: the {split_name} split has {len(split.images)} images "
+                              f"but {len(split.labels)} labels; give one label per image")
     labels = np.concatenate([np.asarray(train_split.labels), np.asarray(test.labels)])
     names = getattr(splits, "class_names", None)
-    num_classes = len(names) if names else int(labels.max()) + 1 if labels.size else 0
+    if names:
+        num_classes = len(names)
+    elif labels.ndim == 2:  # one-hot or soft targets
+        num_classes = labels.shape[1]
+    else:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
     class_names = list(names) if names else [str(i) for i in range(num_classes)]
     if model is None:
         layer = registry.build_model(config.model, num_classes)
@@ -132,6 +177,7 @@ def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -
         if not callable(loss):
             raise ConfigError(f"loss_fn must be a loss function (logits, labels) or a function "
                               f"of the config returning one (get_loss), got {type(loss).__name__}")
+    _check_fits(layer, loss, splits, names, sources)
     val = None
     if prefetch is not None:
         prefetch.join()
@@ -187,13 +233,17 @@ def user_code(run_dir: str | os.PathLike[str], sources: dict[str, str], model: M
     folder = Path(run_dir)
     given = {"model": model, "dataset": data, "loss": loss_fn}
     wanted = {k: s for k, s in sources.items() if given.get(k) is None}
-    module = None
-    if any(s.partition(":")[0].endswith(".py") for s in wanted.values()):
+    from_script = {k: s for k, s in wanted.items() if s.partition(":")[0].endswith(".py")}
+    for key, source in wanted.items():  # before the script's code runs: these can fail
+        if key not in from_script:
+            given[key] = scripts.resolve(source)
+    if from_script:
         entry = runs.read_status(folder).get("script")
         if not entry:
             raise RunError(f"{folder} has no record of the script its "
-                           f"{', '.join(wanted)} came from; resume from Python with them given")
+                           f"{', '.join(from_script)} came from; resume from Python with them "
+                           f"given")
         module = scripts.import_script(folder, entry)
-    for key, source in wanted.items():
-        given[key] = scripts.resolve(source, module=module)
+        for key, source in from_script.items():
+            given[key] = scripts.resolve(source, module=module)
     return given["model"], given["dataset"], given["loss"]

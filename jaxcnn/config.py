@@ -136,6 +136,8 @@ class Config:
     distributed: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.dataset, os.PathLike):  # a folder given as a Path
+            object.__setattr__(self, "dataset", os.fspath(self.dataset))
         _check_types(self)
         name = type(self).__name__
         if self.dataset not in DATASETS and not _is_folder(self.dataset):

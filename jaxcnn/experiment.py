@@ -47,7 +47,7 @@ import jax
 import numpy as np
 
 from jaxcnn import checkpoint as ckpt
-from jaxcnn import components, distributed, memory, registry, runs, scripts, train
+from jaxcnn import components, distributed, memory, registry, runs, scripts, steps, train
 from jaxcnn import config as config_lib
 from jaxcnn import data as data_lib
 from jaxcnn.components import Components, DataSpec, LossSpec, ModelSpec
@@ -179,10 +179,12 @@ def _process_age() -> float | None:
 
 
 def _hparams(config: Config, sources: dict[str, str]) -> dict[str, Any]:
-    """The keys that define the run (no housekeeping), user code by its source."""
+    """The keys that define the run (no housekeeping), user code by its source and, where the
+    config set it, the value it replaced (``own_images.py:get_data (data/images)``)."""
     d = {k: v for k, v in config_lib.to_dict(config).items()
          if k != "_class" and k not in config_lib.HOUSEKEEPING_KEYS}
-    d.update(sources)
+    defaults = config_lib.to_dict(type(config)())
+    d.update({k: v if d[k] == defaults[k] else f"{v} ({d[k]})" for k, v in sources.items()})
     return {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in d.items()}
 
 
@@ -342,8 +344,19 @@ def run(config: Config | FiltersConfig, *, model: ModelSpec = None, data: DataSp
     _start_backend(config)
     # Refused before a folder exists: a batch that does not split over the devices, a model
     # that does not fit the dataset's images, data that fails its checks, a bad split.
+    if scripts.importing() is not None:
+        raise RunError(f"experiment.run was called while {scripts.importing()} was being "
+                       f"imported to rebuild a run's model, data or loss: its top-level code "
+                       f"starts a run; put that under if __name__ == \"__main__\":")
+    if config.dataset not in data_lib.DATASETS and Path(config.dataset).is_dir():
+        # a folder: kept absolute, so the run resumes from any folder
+        config = config_lib.override(config, {"dataset": str(Path(config.dataset).resolve())})
     mesh = _data_parallel_mesh(config)
     parts = components.build(config, model, data, loss_fn)
+    if mesh is not None and not steps.takes_mask(parts.loss_fn):
+        raise ConfigError("data-parallel evaluation pads its batches with masked rows, but the "
+                          "loss takes no mask keyword; give it one, mask=None, that averages "
+                          "over the rows where mask is 1")
     table = str(summary(parts.model, (None, *parts.train.images.shape[1:])))
     run_dir = _new_run_dir(config)
     if _is_main(config):

@@ -13,12 +13,15 @@ so a copy whose hash no longer matches is refused.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import importlib
 import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,26 +29,50 @@ from typing import Any
 from jaxcnn.errors import ConfigError, RunError
 
 __all__ = ["SCRIPT_DIR", "SCRIPT_MODULE_PREFIX", "copy_script", "import_file", "import_script",
-           "resolve", "sha256_file", "source_of"]
+           "importing", "resolve", "sha256_file", "source_of"]
 
 #: The folder of a run folder that holds the copy of its experiment script.
 SCRIPT_DIR = "script"
 #: Experiment scripts are imported as modules named with this prefix and the file's stem.
 SCRIPT_MODULE_PREFIX = "_jaxcnn_experiment_"
+_IMPORTING: contextvars.ContextVar[Path | None] = contextvars.ContextVar("importing",
+                                                                         default=None)
 
 
-def import_file(path: str | os.PathLike[str]) -> ModuleType:
+def importing() -> Path | None:
+    """The script being imported by :func:`import_file` right now, if any (its top-level code
+    runs then: a run started from there would start a run on every import)."""
+    return _IMPORTING.get()
+
+
+@contextlib.contextmanager
+def _importing(path: Path) -> Iterator[None]:
+    token = _IMPORTING.set(path)
+    try:
+        yield
+    finally:
+        _IMPORTING.reset(token)
+
+
+def import_file(path: str | os.PathLike[str], *,
+                search: tuple[str | os.PathLike[str], ...] = ()) -> ModuleType:
     """Import the Python file ``path`` as a module (named ``_jaxcnn_experiment_<stem>``),
-    running its top-level code; ConfigError if it cannot be imported."""
+    running its top-level code, with its folder (and the folders in ``search``) on
+    ``sys.path`` as ``python path`` would have it, so it can import modules beside it;
+    ConfigError if it cannot be imported."""
     path = Path(path)
     name = SCRIPT_MODULE_PREFIX + path.stem
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"experiment script {path} cannot be imported")
+    for folder in reversed((path.resolve().parent, *map(Path, search))):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # so pickling and dataclasses in it find it again
     try:
-        spec.loader.exec_module(module)
+        with _importing(path):
+            spec.loader.exec_module(module)
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -72,6 +99,10 @@ def source_of(obj: Any) -> tuple[str, Path | None]:
     module = sys.modules.get(getattr(obj, "__module__", "") or "")
     found = (name is not None and "<" not in name and module is not None
              and _attr(module, name) is obj)
+    if not found and module is not None:  # e.g. get_model = lambda config: ...
+        name = next((k for k, v in vars(module).items() if v is obj and not k.startswith("_")),
+                    name)
+        found = name is not None and _attr(module, name) is obj
     if found:
         script = _script_file(module)
         if script is not None:
@@ -118,7 +149,8 @@ def import_script(run_dir: str | os.PathLike[str], entry: dict[str, str]) -> Mod
         raise RunError(f"{copy} has sha256 {actual}, but the run recorded {entry['sha256']} "
                        f"when it started: the copy was changed, and resuming would run the "
                        f"changed code; restore the original, or start a new run")
-    return import_file(copy)
+    origin = Path(entry.get("origin", copy)).parent
+    return import_file(copy, search=(origin,) if origin.is_dir() else ())
 
 
 def resolve(source: str, *, module: ModuleType | None = None) -> Any:

@@ -31,7 +31,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +43,14 @@ from jaxcnn import checkpoint as ckpt
 from jaxcnn import data as data_lib
 from jaxcnn import distributed
 from jaxcnn.checks import is_int
+from jaxcnn.early_stopping import EarlyStopping, should_stop
 from jaxcnn.epoch_images import EpochImages, conv_kernels
 from jaxcnn.epochs import SCAN_MAX_BYTES, make_epoch_fn
 from jaxcnn.errors import NonFiniteLossError
 from jaxcnn.layers import Layer
 from jaxcnn.losses import softmax_cross_entropy
 from jaxcnn.progress import EpochBar, in_notebook
+from jaxcnn.signals import StopSignals
 from jaxcnn.slices import (
     CPU_L2_BYTES,
     CPU_MAX_SLICES,
@@ -89,43 +90,6 @@ EPOCH_TAGS = {"train_loss": "train/epoch_loss", "train_accuracy": "train/epoch_a
               "test_loss": "test/loss", "test_accuracy": "test/accuracy",
               "images_per_second": "perf/images_per_second",
               "epoch_time_s": "perf/epoch_time_s"}
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience`` epochs
-    (``mode`` "max" for accuracies, "min" for losses). ``metric`` is a key of the epoch
-    records: ``val_accuracy``, ``val_loss``, ``train_loss`` or ``train_accuracy``."""
-
-    metric: str = "val_accuracy"
-    mode: str = "max"
-    patience: int = 5
-    min_delta: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("max", "min"):
-            raise ValueError(f"EarlyStopping: mode must be 'max' or 'min', got {self.mode!r}")
-        if not is_int(self.patience) or self.patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be a positive int, got "
-                             f"{self.patience!r}")
-        object.__setattr__(self, "patience", int(self.patience))
-        if not self.min_delta >= 0:
-            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {self.min_delta!r}")
-        if self.metric.startswith("test_"):
-            raise ValueError(f"EarlyStopping: metric={self.metric!r} would choose when to stop "
-                             f"by the test split, which is for reporting only; watch a "
-                             f"validation metric such as 'val_accuracy'")
-
-
-def should_stop(rule: EarlyStopping, history: Sequence[Mapping[str, float]]) -> bool:
-    """Whether ``rule`` stops training after the epochs in ``history`` (one dict per epoch)."""
-    values = [h[rule.metric] for h in history if rule.metric in h]
-    if len(values) <= rule.patience:
-        return False
-    sign = 1.0 if rule.mode == "max" else -1.0
-    best_before = max(sign * v for v in values[: -rule.patience])
-    recent = max(sign * v for v in values[-rule.patience:])
-    return not recent > best_before + rule.min_delta
 
 
 def _mean(values: np.ndarray, ok: np.ndarray) -> float:
@@ -287,11 +251,18 @@ class Loop:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, *, stop: Callable[[], bool] | None = None,
-            max_epochs: int | None = None) -> str:
+    def run(self, *, stop: Callable[[], bool] | None = None, max_epochs: int | None = None,
+            signals: bool = False) -> str:
         """Train until ``epochs`` are done; returns ``"completed"``, ``"early_stopped"``,
         ``"paused"`` (after ``max_epochs`` epochs here) or ``"stopped"`` (``stop`` returned
-        True: the state is checkpointed where it stopped, mid-epoch if need be)."""
+        True, or with ``signals`` a SIGINT or SIGTERM came: the state is checkpointed where it
+        stopped, mid-epoch if need be, within two compiled calls; a second signal interrupts
+        at once)."""
+        if signals:
+            with StopSignals() as heard:
+                agree = heard.agreed if jax.process_count() > 1 else heard.heard
+                return self.run(stop=agree if stop is None else
+                                (lambda: stop() or agree()), max_epochs=max_epochs)
         done = 0
         while self.epoch < self.epochs:
             record = self.train_epoch(stop)
@@ -516,7 +487,8 @@ def fit(
 
     This is :class:`Loop`, the experiment runner's loop: with a ``writer`` (any
     :class:`jaxcnn.tracking.MetricWriter`, e.g. a ``TensorBoardWriter(logdir)``) it logs what
-    the runner logs, and with ``checkpoint_dir`` it saves a checkpoint each epoch. Stops early
+    the runner logs, and with ``checkpoint_dir`` it saves a checkpoint each epoch and, on
+    SIGINT or SIGTERM, one where it stopped (raising KeyboardInterrupt after it). Stops early
     by ``early_stopping`` (its metric must be a training or validation one the epochs report)
     or once the epoch's mean training loss is below ``loss_tolerance``. Integer labels outside
     the model's classes raise ValueError; a non-finite loss raises
@@ -525,10 +497,15 @@ def fit(
     loop = Loop(model, optimizer, train, epochs=epochs, batch_size=batch_size, loss_fn=loss_fn,
                 seed=seed, val=val, test=test, writer=writer, checkpoint_dir=checkpoint_dir,
                 early_stopping=early_stopping, loss_tolerance=loss_tolerance, driver=driver,
-                log_every=log_every, class_names=class_names, progress=progress, name="fit")
+                log_every=log_every, class_names=class_names, progress=progress, name="fit",
+                steps_per_call=20 if checkpoint_dir is not None else None)
     try:
-        loop.run()
+        outcome = loop.run(signals=checkpoint_dir is not None)
     finally:
         loop._close_bar()
         loop.writer.flush()
+    if outcome == "stopped":
+        raise KeyboardInterrupt(f"fit: stopped by a signal at step {loop.step}, with a "
+                                f"checkpoint in {checkpoint_dir}; continue from it with "
+                                f"train.Loop(..., restore_from=checkpoint.latest(...)).run()")
     return loop.ts, loop.history

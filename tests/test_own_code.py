@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -159,7 +160,8 @@ def test_own_model_data_and_loss_get_every_runner_item(uninterrupted):
     start = plugin_data_pb2.HParamsPluginData.FromString(
         acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     ).session_start_info.hparams
-    assert start["model"].string_value == "own_images.py:get_model"
+    assert start["model"].string_value == "own_images.py:get_model"  # the default not shown
+    assert start["dataset"].string_value.startswith("own_images.py:get_data (/")
     assert start["lr"].number_value == pytest.approx(3e-3)
     assert "runs_dir" not in start and "log_every" not in start  # housekeeping left out
 
@@ -272,3 +274,38 @@ def test_experiment_run_takes_objects_and_resume_needs_them_again(shapes, tmp_pa
     done = experiment.resume(result.run_dir, model=model, data=splits, loss_fn=loss,
                              progress=False)
     assert done.completed and [h["epoch"] for h in done.history] == [1, 2]
+
+
+def test_fit_with_checkpoints_stops_on_sigint_and_its_loop_continues_to_the_same_result(
+        tmp_path):
+    """``fit(checkpoint_dir=...)`` hears SIGINT through the loop: it checkpoints where it
+    stopped and raises; a Loop restored from that checkpoint ends bit for bit where an
+    uninterrupted fit ends."""
+    import threading
+
+    from jaxcnn import checkpoint as ckpt_lib
+
+    split = data.load("digits").train
+    kw = dict(epochs=6, batch_size=32, seed=3)
+    ts_ref, hist_ref = train.fit(_tiny_model(10), optax.sgd(0.05), split, **kw)
+    folder = tmp_path / "ckpts"
+
+    def interrupt():
+        deadline = time.monotonic() + 120
+        while not (folder / "ckpt-000001.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt, match="fit: stopped by a signal at step"):
+        train.fit(_tiny_model(10), optax.sgd(0.05), split, checkpoint_dir=folder, **kw)
+    latest = ckpt_lib.latest(folder)
+    stopped_at = ckpt_lib.read_metadata(latest)["step"]
+    assert 0 < stopped_at < hist_ref[-1]["step"]
+    loop = train.Loop(_tiny_model(10), optax.sgd(0.05), split, checkpoint_dir=folder,
+                      restore_from=latest, steps_per_call=20, **kw)
+    assert loop.run() == "completed"
+    for a, b in zip(jax.tree.leaves(loop.ts.params), jax.tree.leaves(ts_ref.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [h["train_loss"] for h in loop.history] == [h["train_loss"] for h in hist_ref]
