@@ -35,7 +35,9 @@ def get_model(config: Config) -> L.Layer:
 
 def get_loss(config: Config):
     def smoothed_cross_entropy(logits, labels, mask=None):
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), 0.1)
+        # labels: class indices, or soft targets (N, K) after --augment mixup or cutmix
+        targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, logits.shape[-1])
+        targets = optax.smooth_labels(targets, 0.1)
         per_example = optax.softmax_cross_entropy(logits, targets)
         if mask is None:
             return per_example.mean()

@@ -19,9 +19,9 @@ from jaxcnn.summarize import Summary, SummaryRow, summary
 
 # Imported on first use: they pull in tensorboardX, scikit-learn or the runner, which code
 # that only composes layers should not pay for at import.
-_LAZY = ("checkpoint", "components", "config", "data", "distributed", "experiment", "explain",
-         "export", "memory", "registry", "runs", "scripts", "steps", "tracking", "train",
-         "trained", "visualize", "walk")
+_LAZY = ("augment", "checkpoint", "components", "config", "data", "distributed", "experiment",
+         "explain", "export", "memory", "registry", "runs", "scripts", "steps",
+         "tracking", "train", "trained", "visualize", "walk")
 
 __all__ = ["Layer", "Summary", "SummaryRow", "errors", "filters", "layers", "losses", "models",
            "load", "ops", "summary", *_LAZY]

@@ -11,6 +11,7 @@ the data. Everything that cannot train is refused here, before a run folder is m
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import threading
@@ -53,6 +54,8 @@ class Components:
     normalization: dict[str, list[float]] | None
     sources: dict[str, str]  # config field -> source, for what user code gave
     script: Path | None
+    augment: Callable[..., Any] | None = None
+    train_raw: np.ndarray | None = None  # the first training images as loaded, to show
 
 
 def import_in_background(module: str) -> threading.Thread:
@@ -88,7 +91,7 @@ def is_config_function(loss: Callable[..., Any]) -> bool:
 
 
 def _check_fits(layer: Layer, loss: Callable[..., Any], splits: data_lib.Splits,
-                names: Any, sources: dict[str, str]) -> None:
+                names: Any, sources: dict[str, str], aug: Callable[..., Any] | None) -> None:
     """Refuse, before anything trains, data whose labels the model's outputs cannot hold,
     class names that do not match them, and a loss that gives no scalar on the model's outputs
     (traced on two examples, nothing computed)."""
@@ -108,10 +111,13 @@ def _check_fits(layer: Layer, loss: Callable[..., Any], splits: data_lib.Splits,
     if names and len(out.shape) == 2 and len(names) != out.shape[-1]:
         raise ConfigError(f"data: {len(names)} class names for a model with {out.shape[-1]} "
                           f"outputs (from {where}); give one name per output")
-    labels = np.asarray(splits.train.labels[:2])
+    labels = jax.ShapeDtypeStruct(np.shape(splits.train.labels[:2]),
+                                  np.asarray(splits.train.labels[:2]).dtype)
+    if aug is not None:  # the labels the loss will see (soft targets after mixup)
+        labels = jax.eval_shape(aug, jax.random.key(0), jax.ShapeDtypeStruct(
+            (2, *x.shape[1:]), np.float32), labels)[1]
     try:
-        value = jax.eval_shape(loss, jax.ShapeDtypeStruct(out.shape, out.dtype),
-                               jax.ShapeDtypeStruct(labels.shape, labels.dtype))
+        value = jax.eval_shape(loss, jax.ShapeDtypeStruct(out.shape, out.dtype), labels)
     except Exception as e:  # noqa: BLE001 -- any failure of the user's loss, named
         raise ConfigError(f"loss: calling it as loss(logits, labels) on the model's outputs "
                           f"{tuple(out.shape)} and labels {labels.dtype}{tuple(labels.shape)} "
@@ -172,12 +178,21 @@ def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -
                               f"returning one (get_model), got {type(layer).__name__}")
     if loss_fn is None:
         loss = registry.build_loss(config.loss)
+        if config.label_smoothing:
+            loss = functools.partial(loss, label_smoothing=config.label_smoothing)
+    elif config.label_smoothing:
+        raise ConfigError(f"Config: label_smoothing={config.label_smoothing} applies to the "
+                          f"built-in loss, but the loss comes from {sources['loss']}; smooth the "
+                          f"labels there, or pass --label-smoothing 0")
     else:
         loss = loss_fn(config) if is_config_function(loss_fn) else loss_fn
         if not callable(loss):
             raise ConfigError(f"loss_fn must be a loss function (logits, labels) or a function "
                               f"of the config returning one (get_loss), got {type(loss).__name__}")
-    _check_fits(layer, loss, splits, names, sources)
+    from jaxcnn import augment as augment_lib
+
+    aug = augment_lib.parse(",".join(config.augment), num_classes=num_classes)
+    _check_fits(layer, loss, splits, names, sources, aug)
     val = None
     if prefetch is not None:
         prefetch.join()
@@ -191,6 +206,7 @@ def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -
                               f"both sides ({e.__cause__ or e}); pass a larger --val-fraction, "
                               f"or 0 for no validation split") from None
     normalization = None
+    train_raw = np.array(train_split.images[:16])
     if config.normalize:
         mean, std = data_lib.channel_stats(train_split.images)
         normalization = {"mean": np.asarray(mean).ravel().tolist(),
@@ -206,7 +222,8 @@ def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -
                           f"{len(train_split.labels)} training examples; pass a smaller "
                           f"--batch-size")
     return Components(layer, loss, train_split, val, test, np.asarray(splits.test.images),
-                  class_names, normalization, sources, next(iter(files), None))
+                      class_names, normalization, sources, next(iter(files), None), aug,
+                      train_raw)
 
 
 def describe(config: Config, sources: dict[str, str]) -> str:

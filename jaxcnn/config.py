@@ -79,8 +79,10 @@ class Config:
     ``experiment`` names the run folder ``<runs_dir>/<experiment>/<timestamp>-<id>/``.
     ``dataset`` is one of :data:`DATASETS` or a folder of the user's images (see
     :func:`jaxcnn.data.load`; ``image_size`` resizes them), ``model`` one of :data:`MODELS`,
-    ``loss`` one of :data:`LOSSES`; an experiment script's ``get_model``, ``get_data`` or
-    ``get_loss`` replaces them (:func:`jaxcnn.experiment.run`).
+    ``loss`` one of :data:`LOSSES` (with ``label_smoothing`` in [0, 1)); an experiment script's
+    ``get_model``, ``get_data`` or ``get_loss`` replaces them (:func:`jaxcnn.experiment.run`).
+    ``augment``: the training batches' augmentations in :func:`jaxcnn.augment.parse`'s syntax,
+    one item each (``--augment crop:4,flip`` gives ``("crop:4", "flip")``).
     ``optimizer`` is one of :data:`OPTIMIZERS` ("momentum" is SGD with ``momentum``; "adamw"
     uses ``weight_decay`` decoupled, the others add ``weight_decay * w`` to the gradient).
     ``schedule`` is one of :data:`SCHEDULES`: "cosine" decays ``lr`` to 0 over the run,
@@ -110,6 +112,8 @@ class Config:
     image_size: int | None = None
     model: str = "simple_cnn"
     loss: str = "softmax_cross_entropy"
+    label_smoothing: float = 0.0
+    augment: tuple[str, ...] = ()
     epochs: int = 10
     batch_size: int = 32
     optimizer: str = "momentum"
@@ -146,6 +150,9 @@ class Config:
                               f"or the path of a folder laid out <folder>/<class>/*.png")
         _check_choice(name, "model", self.model, MODELS)
         _check_choice(name, "loss", self.loss, LOSSES)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{name}: label_smoothing={self.label_smoothing!r} but it must lie "
+                              f"in [0, 1); pass e.g. 0.1, or 0 for none")
         if self.image_size is not None and self.image_size < 1:
             raise ConfigError(f"{name}: image_size={self.image_size!r} but it must be >= 1 "
                               f"(or none to keep the images' own size)")

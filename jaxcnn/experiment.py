@@ -254,7 +254,7 @@ def _train(config: Config, run_dir: Path, parts: Components, *, resume_from: Pat
             steps_per_call=config.steps_per_call, mesh=mesh, main=main,
             num_feature_samples=config.num_feature_samples, show_images=parts.test_raw,
             class_names=parts.class_names, progress=progress, verbose=True,
-            name=config.experiment, restore_from=resume_from,
+            name=config.experiment, restore_from=resume_from, augment=parts.augment,
             on_save=lambda lp: _status(lp, config, run_dir, "running"))
         if t_start is not None:
             loop.t_start = t_start
@@ -267,6 +267,8 @@ def _train(config: Config, run_dir: Path, parts: Components, *, resume_from: Pat
                 writer.write_texts(0, {
                     "config": runs.code_block(config_lib.to_json(config)),
                     "model_summary": runs.code_block(table)})
+                if parts.augment is not None:
+                    writer.write_images(0, {"augment/examples": _augmented(parts, config)})
             elif resume_note:
                 writer.write_texts(loop.step + 1, {"resume": resume_note})
             if loop.epoch < config.epochs:
@@ -307,6 +309,18 @@ def _train(config: Config, run_dir: Path, parts: Components, *, resume_from: Pat
     final["wall_time_s"] = loop.wall_time()
     best = loop.history[loop.best["epoch"] - 1] if loop.best else None
     return RunResult(run_dir, config, final, best, list(loop.history), completed)
+
+
+def _augmented(parts: Components, config: Config) -> np.ndarray:
+    """What the network sees: the first 16 training images as loaded, augmented once (with a
+    key of the run's seed), each scaled to [0, 1] for TensorBoard."""
+    from jaxcnn.epoch_images import unit_range
+
+    n = min(16, len(parts.train.labels))
+    images = parts.train_raw[:n] if parts.train_raw is not None else parts.train.images[:n]
+    out, _ = parts.augment(jax.random.key(config.seed), np.asarray(images, np.float32),
+                           np.asarray(parts.train.labels[:n]))
+    return np.clip(unit_range(np.asarray(out)), 0.0, 1.0)
 
 
 def _purge_step(checkpoint: Path) -> int:

@@ -46,10 +46,13 @@ def _check_labels(where: str, logits: Array, labels: Array, mask: Array | None) 
     which examples have a label in [0, K)."""
     # Float or one-hot labels fail deep inside optax; (N, 1) labels broadcast to a wrong mean.
     if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != logits.shape[:-1]:
+        soft = where == "softmax_cross_entropy"
+        targets = f" or float targets of shape {tuple(logits.shape)}" if soft else ""
+        hint = "" if soft else "; for one-hot labels pass labels.argmax(-1)"
         raise ValueError(f"{where}: labels must be integer class indices of shape "
-                         f"{tuple(logits.shape[:-1])} for logits of shape {tuple(logits.shape)}, "
-                         f"got {labels.dtype} of shape {tuple(labels.shape)}; for one-hot "
-                         f"labels pass labels.argmax(-1)")
+                         f"{tuple(logits.shape[:-1])}{targets} for logits of shape "
+                         f"{tuple(logits.shape)}, got {labels.dtype} of shape "
+                         f"{tuple(labels.shape)}{hint}")
     k = logits.shape[-1]
     valid = (labels >= 0) & (labels < k)
     if not any(isinstance(a, jax.core.Tracer) for a in (labels, mask)):
@@ -67,14 +70,35 @@ def _check_labels(where: str, logits: Array, labels: Array, mask: Array | None) 
     return valid
 
 
-def softmax_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = None) -> Array:
-    """Mean of -log softmax(logits)[label]. logits: (N, K) float; labels: (N,) int in [0, K)."""
+def softmax_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = None,
+                          label_smoothing: float = 0.0) -> Array:
+    """Mean cross-entropy of softmax(logits) against the labels. logits: (N, K) float; labels:
+    (N,) int class indices in [0, K), or (N, K) float targets, each row a distribution
+    (one-hot, or soft as mixup and cutmix make them). ``label_smoothing`` eps in [0, 1) mixes
+    every target with the uniform distribution, ``(1 - eps) * target + eps / K`` (Szegedy et
+    al. 2016)."""
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    valid = _check_labels("softmax_cross_entropy", logits, labels, mask)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"softmax_cross_entropy: label_smoothing must lie in [0, 1), got "
+                         f"{label_smoothing!r}")
+    k = logits.shape[-1]
+    soft = jnp.issubdtype(labels.dtype, jnp.floating) and labels.shape == logits.shape
+    if soft:
+        targets, valid = _zero_masked(labels, mask), None
+    else:
+        valid = _check_labels("softmax_cross_entropy", logits, labels, mask)
+        safe = jnp.where(valid, labels, 0)
+        targets = jax.nn.one_hot(safe, k, dtype=logits.dtype) if label_smoothing else None
     logits = _zero_masked(logits, mask)
-    per_example = optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.where(valid, labels, 0))
-    return _masked_mean(jnp.where(valid, per_example, jnp.nan), mask)
+    if targets is None:
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    else:
+        if label_smoothing:
+            targets = (1.0 - label_smoothing) * targets + label_smoothing / k
+        per_example = optax.softmax_cross_entropy(logits, targets)
+    if valid is not None:
+        per_example = jnp.where(valid, per_example, jnp.nan)
+    return _masked_mean(per_example, mask)
 
 
 def mse(pred: Array, target: Array, *, mask: Array | None = None) -> Array:

@@ -147,12 +147,18 @@ def _all_finite(tree) -> Array:
 
 def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     jit: bool = True, batch_slices: int | str = "auto",
+                    augment: Callable[..., Any] | None = None,
                     ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """A pure ``(ts, batch) -> (ts, metrics)``: forward in training mode, ``jax.value_and_grad``
     of ``loss_fn(logits, labels, mask=mask)`` (``loss_fn(logits, labels)`` for a loss without a
     ``mask`` keyword, which then refuses masked batches), an Optax update.
 
     ``batch`` is ``(images, labels)`` or ``(images, labels, mask)`` (a :class:`data.Batch`).
+    ``augment(key, images, labels) -> (images, labels)`` (:mod:`jaxcnn.augment`) transforms
+    each batch inside the step, on the device, with a key derived from the step's own
+    (``fold_in(fold_in(ts.key, ts.step), 1)``), so a run is deterministic for its seed and a
+    resumed run draws what an uninterrupted one draws; labels it turns into soft targets
+    (mixup, cutmix) go to the loss as they are, and accuracy reads their arg-max.
     ``optimizer`` is any Optax transformation: those that need the loss (``value``, e.g.
     ``optax.contrib.reduce_on_plateau``, ``optax.polyak_sgd``), its gradient and a function
     of the params (``grad``, ``value_fn``: ``optax.lbfgs``) get them.
@@ -185,6 +191,8 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     def step(ts: TrainState, batch) -> tuple[TrainState, Metrics]:
         images, labels, mask = _unpack(batch)
         key = jax.random.fold_in(ts.key, ts.step)
+        if augment is not None:
+            images, labels = augment(jax.random.fold_in(key, 1), images, labels)
 
         def objective(params):
             logits, new_state = forward(params, ts.state, images, key)

@@ -112,7 +112,9 @@ class Loop:
     ``progress``: a tqdm bar per epoch (None: where stderr is a terminal or in Jupyter);
     ``verbose`` prints one line per epoch where there is no bar. ``mesh``, ``main``: data
     parallel over a mesh (only the ``main`` process writes). ``restore_from``: a checkpoint to
-    continue from (:meth:`restore`). ``on_save(loop)`` is called after every checkpoint.
+    continue from (:meth:`restore`). ``augment``: a transform of each training batch on the
+    device (:mod:`jaxcnn.augment`; evaluation never augments). ``on_save(loop)`` is called
+    after every checkpoint.
     """
 
     def __init__(self, model: Layer, optimizer: optax.GradientTransformation,
@@ -131,6 +133,7 @@ class Loop:
                  class_names: Sequence[str] | None = None, progress: bool | None = None,
                  verbose: bool = False, name: str = "train",
                  restore_from: str | os.PathLike | None = None,
+                 augment: Callable[..., Any] | None = None,
                  on_save: Callable[[Loop], None] | None = None) -> None:
         if not is_int(epochs) or epochs < 1:
             raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -168,7 +171,7 @@ class Loop:
         self.t_start = time.perf_counter()
         self.epochs_run = 0  # in this process
 
-        step = make_train_step(model, loss_fn, optimizer, jit=False)
+        step = make_train_step(model, loss_fn, optimizer, jit=False, augment=augment)
         self._run_epoch = make_epoch_fn(step, train.images, train.labels, self.batch_size,
                                         driver=driver, halt_on_nonfinite=on_nonfinite == "stop",
                                         mesh=mesh, steps_per_call=steps_per_call)
@@ -478,6 +481,7 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     class_names: Sequence[str] | None = None,
     progress: bool | None = None,
+    augment: Callable[..., Any] | None = None,
 ) -> tuple[TrainState, list[dict[str, float]]]:
     """Train ``model`` on ``train`` for up to ``epochs`` epochs; returns the final state and one
     record per epoch (``epoch`` counted from 1, ``step``, ``train_loss``, ``train_accuracy``
@@ -488,9 +492,10 @@ def fit(
     This is :class:`Loop`, the experiment runner's loop: with a ``writer`` (any
     :class:`jaxcnn.tracking.MetricWriter`, e.g. a ``TensorBoardWriter(logdir)``) it logs what
     the runner logs, and with ``checkpoint_dir`` it saves a checkpoint each epoch and, on
-    SIGINT or SIGTERM, one where it stopped (raising KeyboardInterrupt after it). Stops early
-    by ``early_stopping`` (its metric must be a training or validation one the epochs report)
-    or once the epoch's mean training loss is below ``loss_tolerance``. Integer labels outside
+    SIGINT or SIGTERM, one where it stopped (raising KeyboardInterrupt after it). ``augment``
+    transforms every training batch on the device (:mod:`jaxcnn.augment`). Stops early by
+    ``early_stopping`` (its metric must be a training or validation one the epochs report) or
+    once the epoch's mean training loss is below ``loss_tolerance``. Integer labels outside
     the model's classes raise ValueError; a non-finite loss raises
     :class:`jaxcnn.errors.NonFiniteLossError` (a FloatingPointError).
     """
@@ -498,6 +503,7 @@ def fit(
                 seed=seed, val=val, test=test, writer=writer, checkpoint_dir=checkpoint_dir,
                 early_stopping=early_stopping, loss_tolerance=loss_tolerance, driver=driver,
                 log_every=log_every, class_names=class_names, progress=progress, name="fit",
+                augment=augment,
                 steps_per_call=20 if checkpoint_dir is not None else None)
     try:
         outcome = loop.run(signals=checkpoint_dir is not None)

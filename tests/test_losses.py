@@ -133,3 +133,31 @@ def test_a_per_position_mask_and_fractional_weights():
     w = np.array([0.2, 0.0, 0.2], np.float32)
     got = losses.softmax_cross_entropy(jnp.asarray(flat), jnp.asarray(lab), mask=jnp.asarray(w))
     np.testing.assert_allclose(got, nll[0][[0, 2]].mean(), rtol=1e-6)
+
+
+def test_soft_targets_and_label_smoothing_against_the_formula():
+    """-sum(t * log_softmax(z)) averaged over rows, with t one-hot, soft (mixup-like) or
+    smoothed ``(1 - eps) * onehot + eps / K``; one-hot targets equal integer labels."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(6, 5)).astype(np.float32)
+    y = np.array([0, 4, 2, 2, 1, 3])
+    log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+    onehot = np.eye(5, dtype=np.float32)[y]
+    soft = 0.7 * onehot + 0.3 * np.eye(5, dtype=np.float32)[np.roll(y, 1)]
+    for targets in (onehot, soft):
+        want = np.mean(-(targets * log_p).sum(1))
+        got = losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(targets))
+        np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    np.testing.assert_allclose(float(losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(y))),
+                               np.mean(-(onehot * log_p).sum(1)), rtol=1e-5)
+    smoothed = 0.9 * onehot + 0.1 / 5
+    for labels in (y, onehot):
+        got = losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(labels),
+                                           label_smoothing=0.1)
+        np.testing.assert_allclose(float(got), np.mean(-(smoothed * log_p).sum(1)), rtol=1e-5)
+    mask = np.array([1, 1, 0, 1, 0, 1], np.float32)
+    got = losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(soft), mask=jnp.asarray(mask))
+    np.testing.assert_allclose(float(got), (-(soft * log_p).sum(1) * mask).sum() / mask.sum(),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\), got 1.0"):
+        losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(y), label_smoothing=1.0)

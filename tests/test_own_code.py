@@ -309,3 +309,63 @@ def test_fit_with_checkpoints_stops_on_sigint_and_its_loop_continues_to_the_same
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [h["train_loss"] for h in loop.history] == [h["train_loss"] for h in hist_ref]
+
+
+AUGMENT = ["--augment", "crop:2,flip,mixup:0.2"]
+
+
+@pytest.fixture(scope="module")
+def augmented(shapes, env, tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("augmented")
+    proc = _example(["--dataset", shapes, "--epochs", 4, "--runs-dir", cwd / "runs", *AUGMENT],
+                    env, cwd)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return _only_run(cwd / "runs")
+
+
+@pytest.mark.slow
+def test_an_augmented_run_killed_and_resumed_is_bit_identical(augmented, uninterrupted,
+                                                              shapes, env, tmp_path):
+    """Augmentation runs inside the compiled step with keys from the TrainState's: a SIGKILL
+    after the first checkpoint and ``jaxcnn resume`` end bit for bit where the uninterrupted
+    augmented run ends (and not where the plain run ends)."""
+    proc = _example(["--dataset", shapes, "--epochs", 4, "--runs-dir", tmp_path / "runs",
+                     *AUGMENT], env, tmp_path)
+    ckpts = tmp_path / "runs" / "own_images"
+    _kill_when(proc, lambda: any(ckpts.glob("*/checkpoints/ckpt-000001.json")))
+    run_dir = _only_run(tmp_path / "runs")
+    assert runs.read_status(run_dir)["status"] != "completed", "killed too late to test"
+    done = _jaxcnn(["resume", run_dir], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    _assert_same_result(run_dir, augmented)
+    with pytest.raises(AssertionError):
+        _assert_same_result(run_dir, uninterrupted)
+    assert "augment/examples" in accumulator(run_dir).PluginTagToContent("images")
+
+
+def test_the_step_augments_with_a_key_derived_from_the_train_state():
+    """One step with ``augment`` equals a plain step on the batch the augmentation makes with
+    ``fold_in(fold_in(ts.key, ts.step), 1)``; evaluation is untouched."""
+    from jaxcnn import augment, losses
+
+    aug = augment.parse("crop:2,flip,mixup:0.4", num_classes=10)
+    split = data.load("digits").train
+    batch = (split.images[:32], split.labels[:32])
+    model, opt = _tiny_model(10), optax.sgd(0.1)
+    ts = train.create_train_state(model, opt, jax.random.key(5), (None, 8, 8, 1))
+    ts = ts._replace(step=ts.step + 7)
+    with_aug = train.make_train_step(model, losses.softmax_cross_entropy, opt, augment=aug,
+                                     batch_slices=1)
+    plain = train.make_train_step(model, losses.softmax_cross_entropy, opt, batch_slices=1)
+    key = jax.random.fold_in(jax.random.fold_in(ts.key, ts.step), 1)
+    images, targets = aug(key, *map(jax.numpy.asarray, batch))
+    assert targets.shape == (32, 10)  # mixup made soft targets
+    got, metrics = with_aug(ts, batch)
+    want, _ = plain(ts, (images, targets))
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    unaugmented, _ = plain(ts, batch)
+    assert not np.allclose(np.asarray(got.params["dense1"]["w"]),
+                           np.asarray(unaugmented.params["dense1"]["w"]))
+    assert 0.0 <= float(metrics["accuracy"]) <= 1.0
