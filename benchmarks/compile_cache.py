@@ -10,7 +10,7 @@ after the other, as fresh processes: ``python experiments/<name>.py --epochs 1 -
 (``<cache>/jax``, :func:`jaxcnn.experiment.setup_compilation_cache`) starts empty for the first
 launch and holds every program the first one compiled for the second. The runner writes into
 its ``run.json`` the moment its epoch's program is compiled (or loaded from the cache) and the
-first step can start (``first_step_time``; :meth:`jaxcnn.experiment._Trainer.compile_epoch`);
+first step can start (``first_step_time``, after :meth:`jaxcnn.train.Loop.compile`);
 the table gives the seconds from just before ``Popen`` to that moment, and to the process's
 exit (one epoch of training, evaluation, logging and a checkpoint later).
 

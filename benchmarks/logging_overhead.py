@@ -6,15 +6,16 @@
 
 Each case (``dataset:model``) takes its config from the experiment script of that model
 (``experiments/mnist_lenet5.py``, ``mnist_simple_cnn.py``, ``digits_cnn.py``) with the dataset
-swapped in, builds the runner's own trainer (``jaxcnn.experiment._Trainer``, writing a run
-folder in a temporary directory) and times, on its one model, data and train state:
+swapped in, builds the runner's own loop (:class:`jaxcnn.train.Loop`, with the arguments
+``jaxcnn.experiment.run`` gives it, writing a run folder in a temporary directory) and times, on
+its one model, data and train state:
 
 - ``bare``: ``train.make_epoch_fn``'s compiled epoch alone, as one ``lax.scan`` over the
   shuffled batches (``steps_per_call=None``), the per-step metrics fetched once at its end, on
-  the trainer's own train step and data;
+  the loop's own train step and data;
 - ``bare+eval``: that, then the validation and test evaluation the runner does each epoch (any
   loop that reports a test accuracy needs it, with or without TensorBoard);
-- ``runner``: the trainer's ``train_epoch``: the same epoch, run as the runner runs it (calls
+- ``runner``: the loop's ``train_epoch``: the same epoch, run as the runner runs it (calls
   of ``steps_per_call`` steps, between which it listens for signals), and evaluation plus
   everything the runner logs and saves: ``train/*`` scalars every ``log_every`` steps and the
   epoch scalars, histograms of every parameter and of the gradients on a fixed batch, the
@@ -51,11 +52,12 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-from jaxcnn import cli, experiment, memory, train  # noqa: E402
+from jaxcnn import cli, components, memory, registry, runs, train  # noqa: E402
 from jaxcnn import config as config_lib  # noqa: E402
 from jaxcnn import data as data_lib  # noqa: E402
 from jaxcnn.errors import DataError  # noqa: E402
-from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
+from jaxcnn.signals import StopSignals  # noqa: E402
+from jaxcnn.tracking import TensorBoardWriter  # noqa: E402
 
 SCRIPTS = {"lenet5": "mnist_lenet5", "simple_cnn": "mnist_simple_cnn", "vgg_small": "digits_cnn"}
 DEFAULT_CASES = "digits:vgg_small,mnist:lenet5,mnist:simple_cnn"
@@ -89,45 +91,70 @@ def available(dataset: str) -> str | None:
     return None
 
 
+def runner_loop(config: config_lib.Config, run_dir: Path) -> train.Loop:
+    """The loop ``jaxcnn.experiment.run`` trains ``config`` with, built with the arguments the
+    runner gives it: the same data preparation, optimizer, event file, checkpoints and a
+    ``run.json`` rewritten after each checkpoint (one process, no mesh, no progress bar)."""
+    parts = components.build(config, None, None, None)
+    steps = len(parts.train.labels) // config.batch_size
+
+    def status(loop: train.Loop) -> None:  # what the runner's on_save writes
+        runs.write_status(run_dir, status="running", epochs_done=loop.epoch,
+                          epochs=config.epochs, step=loop.step, final=loop.history[-1],
+                          best=loop.history[loop.best["epoch"] - 1] if loop.best else None,
+                          wall_time_s=loop.wall_time())
+
+    return train.Loop(
+        parts.model, registry.build_optimizer(config, steps), parts.train,
+        epochs=config.epochs, batch_size=config.batch_size, loss_fn=parts.loss_fn,
+        seed=config.seed, val=parts.val, test=parts.test, writer=TensorBoardWriter(run_dir),
+        checkpoint_dir=run_dir / runs.CHECKPOINTS, keep_checkpoints=config.keep_checkpoints,
+        metadata={"config": config_lib.to_dict(config)},
+        loss_tolerance=config.loss_tolerance or None, log_every=config.log_every,
+        on_nonfinite=config.on_nonfinite, driver=config.driver,
+        steps_per_call=config.steps_per_call, num_feature_samples=config.num_feature_samples,
+        show_images=parts.test_raw, class_names=parts.class_names, progress=False,
+        verbose=True, name=config.experiment, on_save=status)
+
+
 class Case:
-    """One runner trainer and the three ways of running its epoch."""
+    """One runner loop and the three ways of running its epoch."""
 
     def __init__(self, dataset: str, model: str, runs_dir: str) -> None:
         self.name = f"{dataset}:{model}"
         config = case_config(dataset, model, runs_dir)
-        run_dir = experiment.make_run_dir(config.runs_dir, config.experiment)
-        self.trainer = experiment._Trainer(config, run_dir, resume_from=None, extra_writers=(),
-                                           progress=False, resume_note=None)
+        run_dir = runs.make_run_dir(config.runs_dir, config.experiment)
+        self.loop = runner_loop(config, run_dir)
         self.config = config
-        self.steps = len(self.trainer.data.train.labels) // config.batch_size
-        t = self.trainer
-        step = train.make_train_step(t.model, softmax_cross_entropy, t.optimizer, jit=False)
+        self.steps = self.loop.steps_per_epoch
+        t = self.loop
+        step = train.make_train_step(t.model, t.loss_fn, t.optimizer, jit=False)
         self.whole_epoch = train.make_epoch_fn(
-            step, t.data.train.images, t.data.train.labels, config.batch_size,
+            step, t.train.images, t.train.labels, config.batch_size,
             driver=config.driver, halt_on_nonfinite=config.on_nonfinite == "stop",
             steps_per_call=None)
+        self.signals = StopSignals()  # asked between calls, as the runner's are
 
     def bare(self) -> None:
-        t = self.trainer
+        t = self.loop
         ts, metrics = self.whole_epoch(t.ts, seed=self.config.seed, epoch=t.epoch)
         jax.block_until_ready(ts)
 
     def bare_eval(self) -> None:
-        t = self.trainer
+        t = self.loop
         ts, metrics = self.whole_epoch(t.ts, seed=self.config.seed, epoch=t.epoch)
-        if t.data.val is not None:
-            train.evaluate(t.eval_step, ts.params, ts.state, t.data.val, t.eval_batch,
-                           mesh=t.mesh)
-        train.evaluate(t.eval_step, ts.params, ts.state, t.data.test, t.eval_batch, mesh=t.mesh)
+        if t.val is not None:
+            train.evaluate(t.eval_step, ts.params, ts.state, t.val, t.eval_batch, mesh=t.mesh)
+        train.evaluate(t.eval_step, ts.params, ts.state, t.test, t.eval_batch, mesh=t.mesh)
 
     def runner(self) -> None:
-        self.trainer.train_epoch()
+        self.loop.train_epoch(self.signals.heard)
 
     def flush(self) -> None:
-        self.trainer.writer.flush()
+        self.loop.writer.flush()
 
     def close(self) -> None:
-        self.trainer.close()
+        self.loop.close()
 
 
 def timed_block(case: Case, contender: str, epochs: int) -> list[float]:
@@ -146,10 +173,10 @@ def timed_block(case: Case, contender: str, epochs: int) -> list[float]:
 
 
 class Breakdown:
-    """Wall time of the calling thread in each part of ``_Trainer.train_epoch``."""
+    """Wall time of the calling thread in each part of ``Loop.train_epoch``."""
 
-    def __init__(self, trainer) -> None:
-        self.trainer, self.totals, self._saved = trainer, defaultdict(float), []
+    def __init__(self, loop: train.Loop) -> None:
+        self.loop, self.totals, self._saved = loop, defaultdict(float), []
 
     def _wrap(self, owner, attr: str, label: str) -> None:
         original = getattr(owner, attr)
@@ -165,11 +192,11 @@ class Breakdown:
         setattr(owner, attr, timed)
 
     def __enter__(self) -> Breakdown:
-        t = self.trainer
-        self._wrap(t, "run_epoch", "train epoch (compiled calls)")
+        t = self.loop
+        self._wrap(t, "_run_epoch", "train epoch (compiled calls)")
         self._wrap(train, "evaluate", "val + test evaluation")
         self._wrap(t, "_log_train", "train/* scalars every log_every steps")
-        self._wrap(t, "_epoch_images", "images: filters, feature maps, confusion, misclassified")
+        self._wrap(t, "epoch_images", "images: filters, feature maps, confusion, misclassified")
         self._wrap(t, "_checkpoint", "checkpoint + run.json")
         for method in ("write_scalars", "write_histograms", "write_images"):
             self._wrap(t.writer, method, f"writer.{method} (checks, host copies, queue)")
@@ -209,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"command: logging_overhead.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"passes: {args.passes} x {args.epochs} epochs per contender, order rotated each pass")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min)", flush=True)
-    # The runner's _train does this on the CPU; here it holds for bare and runner alike.
+    # The runner does this on the CPU; here it holds for bare and runner alike.
     print(f"malloc keeps freed memory: {memory.keep_freed_memory()}", flush=True)
 
     rows = []
@@ -237,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{c} {statistics.median(times[c][-args.epochs:]):.3f}s" for c in order),
                     flush=True)
             if args.breakdown:
-                with Breakdown(case.trainer) as b:
+                with Breakdown(case.loop) as b:
                     t0 = time.perf_counter()
                     for _ in range(args.epochs):
                         case.runner()

@@ -152,7 +152,7 @@ def prepare(tmp: Path, folder: Path) -> tuple[dict, Path]:
     sys.path.insert(0, str(ROOT))
     import jax
 
-    from jaxcnn import cli, experiment, train
+    from jaxcnn import cli, registry, train
     from jaxcnn import data as data_lib
 
     config = cli.load_experiment("mnist_lenet5").get_config()
@@ -162,8 +162,8 @@ def prepare(tmp: Path, folder: Path) -> tuple[dict, Path]:
                                        config.val_fraction, seed=config.seed)
     np.save(tmp / "rows.npy", rows.images)
     steps = len(rows.labels) // config.batch_size
-    model = experiment.build_model(config.model, 10)
-    optimizer = experiment.build_optimizer(config, steps)
+    model = registry.build_model(config.model, 10)
+    optimizer = registry.build_optimizer(config, steps)
     ts = jax.jit(lambda k: train.create_train_state(model, optimizer, k, (None, 28, 28, 1)))(
         jax.random.key(config.seed))  # the runner's own initialisation
     flat = {f"{layer}/{name}": np.asarray(v) for layer, p in ts.params.items()

@@ -61,7 +61,7 @@ sys.meta_path.insert(0, _NoTorch())
 import numpy as np  # noqa: E402
 from tensorboardX import event_file_writer  # noqa: E402
 
-from jaxcnn import cli, data, experiment  # noqa: E402
+from jaxcnn import cli, data, datasets, runs, signals, train  # noqa: E402
 
 KINDS = ("fsync", "replace", "event", "flush")
 _KILL = os.environ.get("JAXCNN_KILL_AT", "")
@@ -113,42 +113,43 @@ event_file_writer.EventsWriter._write_serialized_event = _counted(
     "event", event_file_writer.EventsWriter._write_serialized_event)
 event_file_writer.EventsWriter.flush = _counted("flush", event_file_writer.EventsWriter.flush)
 
-_init, _train_epoch = experiment._Trainer.__init__, experiment._Trainer.train_epoch
+_init, _train_epoch = train.Loop.__init__, train.Loop.train_epoch
 
 
 def _init_traced(self, *args, **kwargs):
     _init(self, *args, **kwargs)
-    if self.epoch >= self.config.epochs:
+    if self.epoch >= self.epochs:
         _enter("end")
 
 
 def _train_epoch_traced(self, stop=None):
     _enter(str(self.epoch + 1))
     record = _train_epoch(self, stop)
-    if self.epoch >= self.config.epochs:
+    if self.epoch >= self.epochs:
         _enter("end")
     return record
 
 
-experiment._Trainer.__init__ = _init_traced
-experiment._Trainer.train_epoch = _train_epoch_traced
+train.Loop.__init__ = _init_traced
+train.Loop.train_epoch = _train_epoch_traced
 
 _DIGITS = os.environ.get("JAXCNN_DIGITS_NPZ")
 if _DIGITS:
     def _load_digits() -> data.Splits:
         with np.load(_DIGITS) as f:
-            return data.Splits(data.Split(f["x"], f["y"]), data.Split(f["xt"], f["yt"]))
+            return data.Splits(data.Split(f["x"], f["y"]), data.Split(f["xt"], f["yt"]),
+                               tuple(str(i) for i in range(10)))
 
-    data._load_digits = _load_digits
+    datasets.load_digits = _load_digits
 
 if os.environ.get("JAXCNN_SLOW_CALLS"):
-    _heard, _pause = experiment._Signals.heard, float(os.environ["JAXCNN_SLOW_CALLS"])
+    _heard, _pause = signals.StopSignals.heard, float(os.environ["JAXCNN_SLOW_CALLS"])
 
     def _slow_heard(self):
         time.sleep(_pause)
         return _heard(self)
 
-    experiment._Signals.heard = _slow_heard
+    signals.StopSignals.heard = _slow_heard
 
 if os.environ.get("JAXCNN_SAME_SECOND"):
     class _Noon(datetime):
@@ -157,8 +158,8 @@ if os.environ.get("JAXCNN_SAME_SECOND"):
             return cls(2024, 1, 1, 12, 0, 0)
 
     _ids = iter(["000000"])
-    experiment.datetime = _Noon
-    experiment.secrets = types.SimpleNamespace(
+    runs.datetime = _Noon
+    runs.secrets = types.SimpleNamespace(
         token_hex=lambda n: next(_ids, None) or secrets.token_hex(n))
 
 

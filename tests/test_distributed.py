@@ -86,6 +86,7 @@ def reference() -> dict[str, np.ndarray]:
 # Data-parallel training
 
 
+@pytest.mark.slow
 def test_eight_devices_follow_the_single_device_run(tmp_path: Path, reference) -> None:
     hlo = tmp_path / "hlo"
     dump = f"--xla_dump_to={hlo} --xla_dump_hlo_module_re=^jit_(scan_epoch|step)$"
@@ -109,6 +110,7 @@ def test_eight_devices_follow_the_single_device_run(tmp_path: Path, reference) -
     np.testing.assert_array_equal(got["layout/gathered"], rows)
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_each_other_and_the_single_device_run(
     tmp_path: Path, reference
 ) -> None:

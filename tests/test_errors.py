@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import tarfile
 import traceback
 from collections.abc import Callable
@@ -32,7 +33,20 @@ import pytest
 
 import jaxcnn
 from jaxcnn import checkpoint as ckpt
-from jaxcnn import cli, data, errors, experiment, losses, models, ops, tracking, train
+from jaxcnn import (
+    cli,
+    data,
+    errors,
+    experiment,
+    losses,
+    models,
+    ops,
+    registry,
+    runs,
+    scripts,
+    tracking,
+    train,
+)
 from jaxcnn import config as C
 from jaxcnn import layers as L
 
@@ -213,7 +227,7 @@ def _(c):
 
 
 case("loss-float-labels")(lambda c: losses.softmax_cross_entropy(jnp.zeros((4, 10)),
-                                                                 jnp.zeros((4, 10))))
+                                                                 jnp.zeros((4,))))
 case("accuracy-label-shape")(lambda c: losses.accuracy(jnp.zeros((4, 10)),
                                                        jnp.zeros((4, 1), jnp.int32)))
 case("mse-shapes")(lambda c: losses.mse(jnp.zeros((4, 10)), jnp.zeros((4,))))
@@ -274,6 +288,58 @@ def _(c):
                                        runs_dir=str(c.tmp / "runs")), progress=False)
     finally:
         assert not (c.tmp / "runs").exists()  # refused before a folder was made
+
+
+case("config-dataset-unknown")(lambda c: _command_line("--dataset", "imagenet"))
+case("config-image-size-builtin")(lambda c: _command_line("--image-size", "32"))
+case("config-early-stopping-without-val")(lambda c: _command_line(
+    "--early-stopping-patience", "3", "--val-fraction", "0"))
+case("early-stopping-test-metric")(lambda c: train.EarlyStopping(metric="test_accuracy"))
+
+
+def _run_own(c: Ctx, **user: Any) -> experiment.RunResult:
+    """``experiment.run`` of the digits with the user's own ``model``/``data``/``loss_fn``,
+    which must be refused before a run folder is made."""
+    try:
+        return experiment.run(C.Config(experiment="own", runs_dir=str(c.tmp / "runs")),
+                              progress=False, **user)
+    finally:
+        assert not (c.tmp / "runs").exists()
+
+
+def _import_script(c: Ctx, name: str, text: str) -> Any:
+    """The script ``<tmp>/<name>`` imported as ``jaxcnn run`` imports one (its module is
+    removed from ``sys.modules`` after the test)."""
+    path = c.tmp / name
+    path.write_text(text)
+    c.monkeypatch.setitem(sys.modules, scripts.SCRIPT_MODULE_PREFIX + path.stem, None)
+    return scripts.import_file(path)
+
+
+GET_MODEL = ("from jaxcnn import models\n\n\ndef get_model(config):\n"
+             "    return models.simple_cnn()\n")
+GET_DATA = "from jaxcnn import data\n\n\ndef get_data(config):\n    return data.load('digits')\n"
+
+case("run-data-not-splits")(lambda c: _run_own(
+    c, data=(np.zeros((100, 8, 8, 1), np.float32), np.zeros(100, np.int32))))
+
+
+@case("run-model-not-a-layer")
+def _(c):
+    def get_model(config):  # forgets to return the model
+        L.serial(L.Conv(8, 3), L.Relu(), L.Flatten(), L.Dense(10))
+
+    return _run_own(c, model=get_model)
+
+
+case("run-loss-not-callable")(lambda c: _run_own(c, loss_fn="softmax_cross_entropy"))
+
+
+@case("run-several-scripts")
+def _(c):
+    mine = _import_script(c, "my_model.py", GET_MODEL)
+    theirs = _import_script(c, "my_data.py", GET_DATA)
+    return _run_own(c, model=mine.get_model, data=theirs.get_data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,6 +454,68 @@ case("data-normalize-std")(lambda c: data.normalize(np.zeros((2, 4, 4, 1), np.fl
                                                     0.0))
 
 
+def _image_folder(c: Ctx, counts: dict[str, int], size: tuple[int, int] = (6, 6)) -> Path:
+    """``counts[cls]`` flat grey PNGs of ``size`` (H, W) in ``<tmp>/photos/<cls>/``."""
+    from PIL import Image
+
+    root = c.tmp / "photos"
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("L", (size[1], size[0]), 10 * i).save(root / cls / f"{i}.png")
+    return root
+
+
+case("data-builtin-image-size")(lambda c: data.load("mnist", image_size=32))
+case("data-folder-missing")(lambda c: data.load(Path("nowhere")))
+case("data-folder-is-a-file")(
+    lambda c: data.load(str(_image_folder(c, {"cats": 1}) / "cats" / "0.png")))
+
+
+@case("data-folder-no-classes")
+def _(c):
+    from PIL import Image
+
+    (c.tmp / "photos").mkdir()
+    Image.new("L", (6, 6)).save(c.tmp / "photos" / "0.png")
+    return data.load(c.tmp / "photos")
+
+
+case("data-folder-one-class")(lambda c: data.load(_image_folder(c, {"cats": 3})))
+case("data-folder-train-test-classes")(lambda c: data.load(_image_folder(
+    c, {"train/a": 1, "train/b": 1, "train/c": 1, "test/a": 1, "test/b": 1, "test/d": 1})))
+
+
+@case("data-folder-empty-class")
+def _(c):
+    folder = _image_folder(c, {"cats": 2})
+    (folder / "dogs").mkdir()
+    return data.load(folder)
+
+
+@case("data-image-unreadable")
+def _(c):
+    folder = _image_folder(c, {"cats": 2, "dogs": 2})
+    (folder / "dogs" / "broken.jpg").write_bytes(b"not a jpeg")
+    return data.load(folder)
+
+
+@case("data-folder-sizes-differ")
+def _(c):
+    _image_folder(c, {"a": 2})
+    return data.load(_image_folder(c, {"b": 1}, size=(6, 8)))
+
+
+case("data-folder-image-size")(
+    lambda c: data.load(_image_folder(c, {"a": 2, "b": 2}), image_size=0))
+case("data-folder-test-fraction")(
+    lambda c: data.load(_image_folder(c, {"a": 2, "b": 2}), test_fraction=1.0))
+case("data-folder-class-too-small")(
+    lambda c: data.load(_image_folder(c, {"cats": 3, "dogs": 1})))
+case("data-folder-split-too-small")(
+    lambda c: data.load(_image_folder(c, {"a": 2, "b": 2, "c": 2}), test_fraction=0.2))
+
+
 # ----------------------------------------------------------------------------------------------
 # Run folders
 
@@ -401,12 +529,13 @@ def _run_folder(c: Ctx) -> Path:
     """A run folder as the runner leaves it after epoch 1 of :func:`_tiny` (the state freshly
     initialised rather than trained: what is checked here is only its structure)."""
     cfg = _tiny(c.tmp / "runs")
-    run = experiment.make_run_dir(cfg.runs_dir, cfg.experiment)
+    run = runs.make_run_dir(cfg.runs_dir, cfg.experiment)
     (run / "config.json").write_text(C.to_json(cfg))
     steps = int(0.9 * 1437) // cfg.batch_size
-    ts = train.create_train_state(models.simple_cnn(), experiment.build_optimizer(cfg, steps),
+    ts = train.create_train_state(models.simple_cnn(), registry.build_optimizer(cfg, steps),
                                   KEY, (None, 8, 8, 1))
-    ckpt.save(run / "checkpoints", "ckpt-000001", ts, {"epoch": 1, "history": []})
+    ts = ts._replace(step=jnp.asarray(steps, jnp.int32))
+    ckpt.save(run / "checkpoints", "ckpt-000001", ts, {"epoch": 1, "step": steps, "history": []})
     return run
 
 
@@ -448,6 +577,43 @@ def _(c):
 
 
 case("runs-table-missing")(lambda c: cli.runs_table(c.tmp / "runs"))
+
+
+def _script_run(c: Ctx, source: str = "mine.py:get_model") -> Path:
+    """A run folder as the runner leaves it for a model from the script ``mine.py`` (before
+    its first checkpoint): the script's copy, its sha256 in run.json, its source in
+    config.json."""
+    cfg = _tiny(c.tmp / "runs")
+    run = runs.make_run_dir(cfg.runs_dir, cfg.experiment)
+    (c.tmp / "mine.py").write_text(GET_MODEL)
+    runs.write_status(run, status="starting", script=scripts.copy_script(c.tmp / "mine.py", run))
+    runs.save_config(run, cfg, {"model": source})
+    return run
+
+
+@case("resume-script-changed")
+def _(c):
+    run = _script_run(c)
+    with open(run / "script" / "mine.py", "a") as f:
+        f.write("import os\n")
+    return experiment.resume(run)
+
+
+@case("resume-script-missing")
+def _(c):
+    run = _script_run(c)
+    (run / "script" / "mine.py").unlink()
+    return experiment.resume(run)
+
+
+@case("resume-script-unrecorded")
+def _(c):
+    run = _script_run(c)
+    runs.write_status(run, drop=("script",))
+    return experiment.resume(run)
+
+
+case("resume-python-object")(lambda c: experiment.resume(_script_run(c, "python:Layer")))
 
 
 case("run-folder-removed")(lambda c: ckpt.atomic_write(c.tmp / "gone" / "run.json", "{}"))

@@ -12,10 +12,11 @@ import pytest
 from _events import accumulator
 from PIL import Image, ImageFont
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from jaxcnn import checkpoint as ckpt
+from jaxcnn import components, experiment, models, registry, runs, train, visualize, walk
 from jaxcnn import config as C
-from jaxcnn import experiment, layers, models, visualize
 from jaxcnn.errors import CheckpointError, ConfigError, LayerError, NonFiniteLossError, RunError
 from jaxcnn.tracking import MemoryWriter
 
@@ -107,7 +108,11 @@ def test_run_result_and_folder(full_run):
     result, _ = full_run
     assert result.completed and len(result.history) == EPOCHS
     assert result.final["test_accuracy"] == result.history[-1]["test_accuracy"] > 0.8
-    assert result.best_test_accuracy == max(h["test_accuracy"] for h in result.history)
+    assert result.test_accuracy == result.final["test_accuracy"]
+    # The best epoch is chosen by validation accuracy (the first of equals), never by test.
+    vals = [h["val_accuracy"] for h in result.history]
+    best = result.history[vals.index(max(vals))]
+    assert result.best == best and result.best_val_test_accuracy == best["test_accuracy"]
     d = result.run_dir
     assert d.parent.name == "tiny" and d.parent.parent == __import__("pathlib").Path(
         result.config.runs_dir)
@@ -116,10 +121,14 @@ def test_run_result_and_folder(full_run):
     status = json.loads((d / "run.json").read_text())
     assert status["status"] == "completed" and status["epochs_done"] == EPOCHS
     assert status["final"]["test_accuracy"] == result.final["test_accuracy"]
+    assert status["best"] == best and "best_test_accuracy" not in status
     kept = [p.stem for p in ckpt.checkpoints(d / "checkpoints")]
-    best = (d / "checkpoints" / "best").read_text().strip()
-    assert kept[-2:] == ["ckpt-000002", "ckpt-000003"] and best in kept
-    assert len(kept) == len({"ckpt-000002", "ckpt-000003", best})
+    best_ckpt = (d / "checkpoints" / "best").read_text().strip()
+    assert best_ckpt == f"ckpt-{best['epoch']:06d}"  # the best-validation epoch's checkpoint
+    assert kept[-2:] == ["ckpt-000002", "ckpt-000003"] and best_ckpt in kept
+    assert len(kept) == len({"ckpt-000002", "ckpt-000003", best_ckpt})
+    meta = ckpt.read_metadata(d / "checkpoints" / f"{best_ckpt}.npz")
+    assert meta["history"][-1]["val_accuracy"] == best["val_accuracy"]
 
 
 def test_scalars_every_n_steps_and_each_epoch(full_run):
@@ -208,11 +217,28 @@ def test_texts_and_hparams_in_the_run_folder(full_run):
     assert set(content) == {"_hparams_/experiment", "_hparams_/session_start_info",
                             "_hparams_/session_end_info"}
     assert not [p for p in result.run_dir.iterdir() if p.is_dir() and p.name != "checkpoints"]
+    # The hparams are the keys that define the run, without the housekeeping ones ...
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        content["_hparams_/session_start_info"])
+    want = {k for k in C.to_dict(result.config) if k != "_class"} - C.HOUSEKEEPING_KEYS
+    assert set(start.hparams) == want and set(memory.hparams) == want
+    assert start.hparams["model"].string_value == "simple_cnn"
+    assert start.hparams["lr"].number_value == pytest.approx(0.05)
+    assert "runs_dir" not in memory.hparams and "log_every" not in memory.hparams
+    # ... and the metrics are the curves already logged, with no hparams/* scalar beside them.
+    tags = ["train/epoch_loss", "train/epoch_accuracy", "val/loss", "val/accuracy", "test/loss",
+            "test/accuracy"]
+    experiment_info = hparams_metadata.parse_experiment_plugin_data(
+        content["_hparams_/experiment"])
+    assert sorted(m.name.tag for m in experiment_info.metric_infos) == sorted(tags)
+    assert not [t for t in acc.Tags()["scalars"] if t.startswith("hparams/")]
+    assert not [t for t in memory.scalars if t.startswith("hparams/")]
     final_step = result.history[-1]["step"]
-    hp = acc.Scalars("hparams/test_accuracy")
-    assert [(e.step, pytest.approx(e.value)) for e in hp] == [
-        (final_step, result.final["test_accuracy"])]
-    assert memory.hparams["model"] == "simple_cnn" and memory.hparams["lr"] == 0.05
+    last = acc.Scalars("test/accuracy")[-1]  # the dashboard's value: the curve's last point
+    assert last.step == final_step and last.value == pytest.approx(result.final["test_accuracy"])
+    assert memory.hparam_metrics["test/accuracy"] == result.final["test_accuracy"]
+    assert memory.hparam_metrics["val/loss"] == result.final["val_loss"]
+    assert json.loads((result.run_dir / "run.json").read_text())["hparams_step"] == final_step
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(full_run, tmp_path):
@@ -271,9 +297,42 @@ def test_resume_refusals(full_run, tmp_path):
                                               r"\(128,\)"):
         experiment.resume(run_dir, overrides={"model": "vgg_small"}, force=True)
     assert (run_dir / "config.json").read_text() == before  # a refused resume changes nothing
+    # No checkpoint, and no summary.txt: not a folder the runner made, so nothing starts.
     shutil.rmtree(run_dir / "checkpoints")
-    with pytest.raises(CheckpointError, match="has no complete checkpoint"):
+    (run_dir / "summary.txt").unlink()
+    with pytest.raises(CheckpointError, match="has no complete checkpoint to resume from and no "
+                                              "summary.txt"):
         experiment.resume(run_dir)
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_resume_before_the_first_checkpoint_starts_over_in_the_same_folder(full_run, tmp_path,
+                                                                          capsys):
+    full, _ = full_run
+    run_dir = tmp_path / "copy"
+    shutil.copytree(full.run_dir, run_dir)
+    # As a run killed in its first epoch leaves its folder: no complete checkpoint, an event
+    # file, a half-written temp file, run.json saying it was running.
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / ".tmp-ckpt-000001.npz.dead").write_bytes(b"x")
+    runs.write_status(run_dir, status="running", epochs_done=0)
+    result = experiment.resume(run_dir, progress=False)
+    assert "starting the run over in the same folder" in capsys.readouterr().err
+    assert result.run_dir == run_dir and result.completed
+    # The same run from scratch: the same records as the uninterrupted one, bit for bit.
+    times = ("epoch_time_s", "images_per_second")
+    assert [{k: v for k, v in h.items() if k not in times} for h in result.history] == [
+        {k: v for k, v in h.items() if k not in times} for h in full.history]
+    a = np.load(ckpt.latest(full.run_dir / "checkpoints"))
+    b = np.load(ckpt.latest(run_dir / "checkpoints"))
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # The old events were cleared: every scalar step once, in one new event file.
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    assert _raw_scalar_steps(run_dir) == _raw_scalar_steps(full.run_dir)
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "completed" and status["epochs_done"] == EPOCHS
 
 
 def test_forced_resume_and_allowed_changes(full_run, tmp_path):
@@ -301,20 +360,26 @@ def test_forced_resume_and_allowed_changes(full_run, tmp_path):
 
 def test_two_runs_in_the_same_second_get_different_folders(tmp_path, monkeypatch):
     ids = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
-    monkeypatch.setattr(experiment.secrets, "token_hex", lambda n: next(ids))
-    a = experiment.make_run_dir(tmp_path, "exp")
-    b = experiment.make_run_dir(tmp_path, "exp")  # collides once, then retries
+    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(ids))
+    a = runs.make_run_dir(tmp_path, "exp")
+    b = runs.make_run_dir(tmp_path, "exp")  # collides once, then retries
     assert a != b and a.name.endswith("-aaaaaa") and b.name.endswith("-bbbbbb")
     assert a.name[:15] == b.name[:15] or a.name[:15] < b.name[:15]
 
 
 def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
     cfg = _tiny(tmp_path, lr=1e9, epochs=1)
-    with pytest.raises(NonFiniteLossError, match=r"at global step \d+ \(epoch 1\).*no checkpoint "
-                                                 r"was written yet"):
+    with pytest.raises(NonFiniteLossError, match=r"^fit: the loss became (nan|-?inf) at step "
+                                                 r"(\d+) \(epoch 1\).*\(run (.+): no checkpoint "
+                                                 r"was written yet\)$") as info:
         experiment.run(cfg, progress=False)
-    run_dir = next((tmp_path / "tiny").iterdir())
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    (run_dir,) = (tmp_path / "tiny").iterdir()
+    assert f"(run {run_dir}: " in str(info.value)
+    step = int(str(info.value).split(" at step ")[1].split()[0])
+    assert 1 <= step <= 1293 // 64  # a step of epoch 1
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "failed" and status["error"].startswith(
+        f"NonFiniteLossError: fit: the loss became {str(info.value).split()[4]} at step {step} ")
     memory = MemoryWriter()
     result = experiment.run(C.override(cfg, {"on_nonfinite": "skip"}), extra_writers=[memory],
                             progress=False)
@@ -323,40 +388,32 @@ def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
     assert skipped[-1][1] > 0
 
 
-def test_intermediates_recurse_into_resnet_blocks():
+def test_filter_and_feature_map_images_name_the_same_conv_layers():
+    # The runner logs filters/<path> from the params and features/<path> from the walk over
+    # the model: in a ResNet both must name each of its 19 conv layers, nested paths included.
     model = models.resnet20()
-    # Traced, not computed: the shapes of every conv layer's output.
     params, state = jax.eval_shape(lambda k: model.init(k, (None, 32, 32, 3))[1:],
                                    jax.random.key(0))
     x = jax.ShapeDtypeStruct((2, 32, 32, 3), np.float32)
-    feats = jax.eval_shape(lambda p, s, x: experiment.intermediates(model, p, s, x),
+    feats = jax.eval_shape(lambda p, s, x: walk.intermediates(model, p, s, x),
                            params, state, x)
-    assert len(feats) == 19 == len(experiment.conv_kernels(params))
-    assert set(feats) == set(experiment.conv_kernels(params))
-    assert feats["stage3_block3/residual/conv2"].shape == (2, 8, 8, 64)
-    assert feats["stage2_block1/residual/conv1"].shape == (2, 16, 16, 32)
-    net = layers.serial(layers.Conv(4, 3), layers.Relu(), layers.Flatten(), layers.Dense(2))
-    _, p, s = net.init(jax.random.key(0), (None, 6, 6, 1))
-    x = np.ones((1, 6, 6, 1), np.float32)
-    y, _ = net.apply(p, s, x)
-    out = experiment.intermediates(net, p, s, x, kinds=("Conv", "Dense"))
-    assert out["conv1"].shape == (1, 4, 4, 4)
-    np.testing.assert_allclose(out["dense1"], y, rtol=1e-6)
+    kernels = train.conv_kernels(params)
+    assert len(feats) == 19 == len(kernels) and set(feats) == set(kernels)
+    for path, feat in feats.items():  # each map has as many channels as its kernel outputs
+        assert feat.shape[-1] == kernels[path].shape[-1], path
 
 
 def test_optimizers_and_schedules_put_lr_in_opt_state():
-    from jaxcnn import train
-
     for optimizer in C.OPTIMIZERS:
         for schedule in C.SCHEDULES:
             cfg = C.Config(optimizer=optimizer, schedule=schedule, lr=0.1, epochs=4,
                            warmup_epochs=1.0, weight_decay=1e-4)
-            opt = experiment.build_optimizer(cfg, 10)
+            opt = registry.build_optimizer(cfg, 10)
             state = opt.init({"w": np.ones(2, np.float32)})
             assert train.learning_rate(state) is not None, (optimizer, schedule)
-    sched = experiment.build_schedule(C.Config(schedule="step", lr=1.0, epochs=4), 10)
+    sched = registry.build_schedule(C.Config(schedule="step", lr=1.0, epochs=4), 10)
     assert [float(sched(i)) for i in (0, 19, 20, 30)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
-    warm = experiment.build_schedule(C.Config(schedule="warmup_cosine", lr=1.0, epochs=4,
+    warm = registry.build_schedule(C.Config(schedule="warmup_cosine", lr=1.0, epochs=4,
                                               warmup_epochs=1.0), 10)
     assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(1.0)
 
@@ -385,21 +442,21 @@ def test_bad_input_is_refused_before_a_run_folder_is_made(tmp_path):
 
 
 def test_a_crash_marks_the_run_failed_with_its_error_until_a_resume(tmp_path, monkeypatch):
-    real = experiment._Trainer._epoch_images
+    real = train.Loop._log_epoch
 
-    def broken(self, *args):  # epoch 1 logs its images; epoch 2 crashes
+    def broken(self, *args):  # epoch 1 logs; epoch 2 crashes as it logs
         if self.epoch >= 1:
             raise RuntimeError("disk on fire")
         return real(self, *args)
 
-    monkeypatch.setattr(experiment._Trainer, "_epoch_images", broken)
+    monkeypatch.setattr(train.Loop, "_log_epoch", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         experiment.run(_tiny(tmp_path, epochs=2), progress=False)
     (run_dir,) = (tmp_path / "tiny").iterdir()
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "failed" and status["error"] == "RuntimeError: disk on fire"
     assert status["epochs_done"] == 1
-    monkeypatch.setattr(experiment._Trainer, "_epoch_images", real)
+    monkeypatch.setattr(train.Loop, "_log_epoch", real)
     result = experiment.resume(run_dir, progress=False)
     status = json.loads((run_dir / "run.json").read_text())
     assert result.completed and status["status"] == "completed" and "error" not in status
@@ -448,9 +505,9 @@ def test_import_in_background_imports_and_leaves_failures_to_the_caller(tmp_path
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("jaxcnn_bg_ok", "jaxcnn_bg_bad"):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    experiment._import_in_background("jaxcnn_bg_ok").join(timeout=30)
+    components.import_in_background("jaxcnn_bg_ok").join(timeout=30)
     assert sys.modules["jaxcnn_bg_ok"].VALUE == 7
-    thread = experiment._import_in_background("jaxcnn_bg_bad")
+    thread = components.import_in_background("jaxcnn_bg_bad")
     thread.join(timeout=30)
     assert not thread.is_alive() and "jaxcnn_bg_bad" not in sys.modules
     with pytest.raises(RuntimeError, match="broken on purpose"):

@@ -109,6 +109,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {**dirs, "logs": logs}
 
 
+@pytest.mark.slow
 def test_data_parallel_over_eight_devices_follows_one_device(runs) -> None:
     params, curve, status = _outcome(_the_run(runs["single"]))
     got_params, got_curve, got_status = _outcome(_the_run(runs["eight"]))
@@ -123,6 +124,7 @@ def test_data_parallel_over_eight_devices_follows_one_device(runs) -> None:
         status["final"]["test_accuracy"], abs=1 / 360)
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_run_folder_that_matches_one_process(runs) -> None:
     params, curve, _ = _outcome(_the_run(runs["single"]))
     run_dir = _the_run(runs["processes"])  # one folder, written by process 0 alone
