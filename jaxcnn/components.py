@@ -219,7 +219,8 @@ def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -
         val = norm(val) if val is not None else None
     if config.batch_size > len(train_split.labels):
         raise ConfigError(f"Config: batch_size={config.batch_size} is larger than the "
-                          f"{len(train_split.labels)} training examples; pass a smaller "
+                          f"{len(train_split.labels)} training examples of "
+                          f"{sources.get('dataset', config.dataset)}; pass a smaller "
                           f"--batch-size")
     return Components(layer, loss, train_split, val, test, np.asarray(splits.test.images),
                       class_names, normalization, sources, next(iter(files), None), aug,

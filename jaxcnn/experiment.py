@@ -229,12 +229,6 @@ def _train(config: Config, run_dir: Path, parts: Components, *, resume_from: Pat
     mesh = _data_parallel_mesh(config)
     # Signals are caught from here on: one during set-up stops the run after its first call.
     with StopSignals() as signals:
-        if main:
-            tb = TensorBoardWriter(run_dir, purge_step=None if resume_from is None
-                                   else _purge_step(resume_from))
-            writer: MetricWriter = MultiWriter([tb, *extra_writers]) if extra_writers else tb
-        else:  # the other processes compute the same and write nothing
-            writer = MultiWriter([])
         steps_per_epoch = len(parts.train.labels) // config.batch_size
         rule = None
         if config.early_stopping_patience:  # Config refuses it without a validation split
@@ -246,7 +240,7 @@ def _train(config: Config, run_dir: Path, parts: Components, *, resume_from: Pat
         loop = train.Loop(
             parts.model, registry.build_optimizer(config, steps_per_epoch), parts.train,
             epochs=config.epochs, batch_size=config.batch_size, loss_fn=parts.loss_fn,
-            seed=config.seed, val=parts.val, test=parts.test, writer=writer,
+            seed=config.seed, val=parts.val, test=parts.test,
             checkpoint_dir=run_dir / runs.CHECKPOINTS, keep_checkpoints=config.keep_checkpoints,
             metadata={"config": config_lib.to_dict(config)}, early_stopping=rule,
             loss_tolerance=config.loss_tolerance or None, log_every=config.log_every,
@@ -256,6 +250,14 @@ def _train(config: Config, run_dir: Path, parts: Components, *, resume_from: Pat
             class_names=parts.class_names, progress=progress, verbose=True,
             name=config.experiment, restore_from=resume_from, augment=parts.augment,
             on_save=lambda lp: _status(lp, config, run_dir, "running"))
+        # The events only once the checkpoint was restored: a refused one writes nothing.
+        if main:
+            tb = TensorBoardWriter(run_dir, purge_step=None if resume_from is None
+                                   else loop.step + 1)
+            writer: MetricWriter = MultiWriter([tb, *extra_writers]) if extra_writers else tb
+        else:  # the other processes compute the same and write nothing
+            writer = MultiWriter([])
+        loop.writer = writer
         if t_start is not None:
             loop.t_start = t_start
         stop = signals.agreed if config.distributed else signals.heard
@@ -285,14 +287,18 @@ def _train(config: Config, run_dir: Path, parts: Components, *, resume_from: Pat
                 _interrupted(loop, config, run_dir, signals.exit_code)
             completed = outcome in ("completed", "early_stopped")
             # A run killed after its last checkpoint but before "completed" may still owe its
-            # hparams; one that wrote them (run.json says at which step) does not.
-            owed = status.get("hparams_step") != loop.step
+            # hparams; one that wrote them (run.json says at which step) does not, and one
+            # killed while writing them (run.json says it began) is asked of its events.
+            owed = status.get("hparams_step") != loop.step and not (
+                status.get("hparams_pending") == loop.step and runs.hparams_written(run_dir))
             if completed and (loop.epochs_run or owed):
+                if main:
+                    runs.write_status(run_dir, hparams_pending=loop.step)
                 writer.write_hparams(_hparams(config, parts.sources), loop.final_metrics(),
                                      step=loop.step, write_metrics=False)
                 writer.flush()  # on disk before the status says so
-                if main:
-                    runs.write_status(run_dir, hparams_step=loop.step)
+            if completed and main and status.get("hparams_step") != loop.step:
+                runs.write_status(run_dir, hparams_step=loop.step)
             _status(loop, config, run_dir, "completed" if completed else "stopped")
         except NonFiniteLossError as e:
             _status(loop, config, run_dir, "failed", error=f"NonFiniteLossError: {e}"[:2000])
@@ -321,12 +327,6 @@ def _augmented(parts: Components, config: Config) -> np.ndarray:
     out, _ = parts.augment(jax.random.key(config.seed), np.asarray(images, np.float32),
                            np.asarray(parts.train.labels[:n]))
     return np.clip(unit_range(np.asarray(out)), 0.0, 1.0)
-
-
-def _purge_step(checkpoint: Path) -> int:
-    """The first step a run resumed from ``checkpoint`` writes: later events of the segment
-    that was stopped are dropped from the curves."""
-    return int(ckpt.read_metadata(checkpoint)["step"]) + 1
 
 
 def run(config: Config | FiltersConfig, *, model: ModelSpec = None, data: DataSpec = None,

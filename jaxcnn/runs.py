@@ -29,8 +29,8 @@ from jaxcnn import config as config_lib
 from jaxcnn.errors import ConfigError, RunError
 
 __all__ = ["CHECKPOINTS", "CONFIG_FILE", "STATUS_FILE", "SUMMARY_FILE", "RunResult", "code_block",
-           "config_dict", "load_config", "make_run_dir", "read_status", "resume_command",
-           "save_config", "write_status"]
+           "config_dict", "hparams_written", "load_config", "make_run_dir", "read_status",
+           "resume_command", "save_config", "write_status"]
 
 CHECKPOINTS = "checkpoints"
 STATUS_FILE = "run.json"
@@ -112,6 +112,19 @@ def write_status(run_dir: str | os.PathLike[str], *, drop: Sequence[str] = (),
     ckpt.atomic_write(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=1, allow_nan=True))
 
 
+def hparams_written(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether the event files in ``run_dir`` hold an hparams record (read with TensorBoard's
+    own event file loader, torn tails included)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for events in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    return True
+    return False
+
+
 def resume_command(run_dir: str | os.PathLike[str]) -> str:
     """The shell command that continues the run in ``run_dir``."""
     return f"jaxcnn resume {shlex.quote(str(run_dir))}"
@@ -148,7 +161,11 @@ def load_config(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, str]]:
         raise RunError(f"{folder} is not a run folder: it has no {CONFIG_FILE}; pass a folder "
                        f"like runs/<experiment>/<timestamp>-<id>") from None
     try:
-        d = json.loads(text)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config JSON cannot be parsed ({e}); restore or rewrite "
+                              f"it") from None
         if not isinstance(d, dict):
             raise ConfigError(f"config JSON must hold an object, got {type(d).__name__}")
         replaced = d.pop("_replaced", {})

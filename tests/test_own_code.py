@@ -369,3 +369,19 @@ def test_the_step_augments_with_a_key_derived_from_the_train_state():
     assert not np.allclose(np.asarray(got.params["dense1"]["w"]),
                            np.asarray(unaugmented.params["dense1"]["w"]))
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+
+
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(tmp_path):
+    """A checkpoint that does not fit the (forced) model is refused before any event file or
+    config is written."""
+    from jaxcnn.errors import CheckpointError
+
+    cfg = Config(experiment="refused", epochs=1, batch_size=64, runs_dir=str(tmp_path),
+                 model="simple_cnn")
+    run_dir = experiment.run(cfg, progress=False).run_dir
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        experiment.resume(run_dir, overrides={"model": "vgg_small", "epochs": 2}, force=True,
+                          progress=False)
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after == before
