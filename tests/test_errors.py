@@ -741,7 +741,7 @@ def test_every_row_has_a_case_and_every_case_a_row():
     assert all(r.exception in TYPES for r in ROWS), [r.exception for r in ROWS]
     assert {r.area for r in ROWS} == {"Layer configurations", "Input shapes and dtypes",
                                       "Configs and command-line overrides", "Data files",
-                                      "Run folders", "Checkpoints"}
+                                      "Run folders", "Using a trained model", "Checkpoints"}
 
 
 def _innermost_frame(exc: BaseException) -> traceback.FrameSummary:
@@ -774,3 +774,51 @@ def test_the_command_line_prints_the_tables_message_and_exits_2(capsys):
     assert cli.run_main(C.Config(), ["--epochs", "three"]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(f"error: {row.pattern()}\n", err), err
+
+
+# ----------------------------------------------------------------------------------------------
+# Using a trained model
+
+
+case("load-missing-run")(lambda c: jaxcnn.load(c.tmp / "nothing"))
+
+
+@case("load-no-checkpoint")
+def _(c):
+    run = _run_folder(c)
+    for f in (run / "checkpoints").iterdir():
+        f.unlink()
+    return jaxcnn.load(run)
+
+
+case("load-checkpoint-name")(lambda c: jaxcnn.load(_run_folder(c), checkpoint="ckpt-000009"))
+case("predict-image-shape")(lambda c: jaxcnn.load(_run_folder(c), checkpoint="last").predict(
+    np.zeros((2, 9, 9, 1), np.uint8)))
+case("predict-float-range")(lambda c: jaxcnn.load(_run_folder(c), checkpoint="last").predict(
+    np.full((8, 8, 1), 255.0, np.float32)))
+
+
+@case("predict-unreadable-file")
+def _(c):
+    from jaxcnn import trained
+
+    (c.tmp / "broken.png").write_bytes(b"not a png")
+    return trained.read_image(c.tmp / "broken.png", (8, 8, 1))
+
+
+@case("export-platforms")
+def _(c):
+    from jaxcnn.export import export_model
+
+    model = models.lenet5()
+    _, params, state = model.init(KEY, (None, 28, 28, 1))
+    return export_model(model, params, state, input_shape=(28, 28, 1), platforms=("gpu",))
+
+
+@case("grad-cam-no-conv")
+def _(c):
+    from jaxcnn import explain
+
+    model = L.serial(L.Flatten(), L.Dense(3))
+    _, params, state = model.init(KEY, (None, 4, 4, 1))
+    return explain.grad_cam(model, params, state, np.zeros((4, 4, 1), np.float32))

@@ -150,7 +150,14 @@ def test_own_model_data_and_loss_get_every_runner_item(uninterrupted):
     assert not [t for t in tags["scalars"] if t.startswith("hparams/")]
     assert {"params/conv1/w", "grads/conv2/w", "params/dense1/b"} <= set(tags["histograms"])
     assert {"filters/conv1", "filters/conv2", "features/input", "features/conv1",
-            "features/conv2", "test/confusion_matrix"} <= set(acc.PluginTagToContent("images"))
+            "features/conv2", "explain/saliency", "explain/grad_cam",
+            "test/confusion_matrix"} <= set(acc.PluginTagToContent("images"))
+    # the explanations: one RGB overlay per fixed image (4), each epoch
+    explained = acc.Tensors("explain/grad_cam")
+    assert [e.step for e in explained] == [e.step for e in acc.Scalars("test/accuracy")]
+    shape = explained[-1].tensor_proto.string_val[:2]  # width, height as the image summary has
+    assert [int(v) for v in shape] == [16, 16]
+    assert len(explained[-1].tensor_proto.string_val) == 2 + 4
     epoch_steps = [e.step for e in acc.Scalars("test/accuracy")]
     assert len(epoch_steps) == 4
     assert [e.step for e in acc.Tensors("filters/conv1")] == epoch_steps
