@@ -82,7 +82,9 @@ class Config:
     ``loss`` one of :data:`LOSSES` (with ``label_smoothing`` in [0, 1)); an experiment script's
     ``get_model``, ``get_data`` or ``get_loss`` replaces them (:func:`jaxcnn.experiment.run`).
     ``augment``: the training batches' augmentations in :func:`jaxcnn.augment.parse`'s syntax,
-    one item each (``--augment crop:4,flip`` gives ``("crop:4", "flip")``).
+    one item each (``--augment crop:4,flip`` gives ``("crop:4", "flip")``). ``ema_decay`` > 0
+    evaluates (and checkpoints as best, and loads for prediction) an exponential moving average
+    of the parameters (:mod:`jaxcnn.ema`).
     ``optimizer`` is one of :data:`OPTIMIZERS` ("momentum" is SGD with ``momentum``; "adamw"
     uses ``weight_decay`` decoupled, the others add ``weight_decay * w`` to the gradient).
     ``schedule`` is one of :data:`SCHEDULES`: "cosine" decays ``lr`` to 0 over the run,
@@ -114,6 +116,7 @@ class Config:
     loss: str = "softmax_cross_entropy"
     label_smoothing: float = 0.0
     augment: tuple[str, ...] = ()
+    ema_decay: float = 0.0
     epochs: int = 10
     batch_size: int = 32
     optimizer: str = "momentum"
@@ -150,6 +153,9 @@ class Config:
                               f"or the path of a folder laid out <folder>/<class>/*.png")
         _check_choice(name, "model", self.model, MODELS)
         _check_choice(name, "loss", self.loss, LOSSES)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{name}: ema_decay={self.ema_decay!r} but it must lie in [0, 1); "
+                              f"pass e.g. 0.999, or 0 to evaluate the parameters themselves")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"{name}: label_smoothing={self.label_smoothing!r} but it must lie "
                               f"in [0, 1); pass e.g. 0.1, or 0 for none")

@@ -16,6 +16,7 @@ import optax
 
 from jaxcnn import losses, models
 from jaxcnn.config import Config
+from jaxcnn.ema import ema_params
 from jaxcnn.errors import ConfigError
 from jaxcnn.layers import Layer
 
@@ -66,8 +67,13 @@ def build_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
 
 def build_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer of ``config``, built with ``optax.inject_hyperparams`` so the learning rate
-    (a schedule) lives in ``opt_state`` where :func:`jaxcnn.train.learning_rate` reads it."""
-    schedule = build_schedule(config, steps_per_epoch)
+    (a schedule) lives in ``opt_state`` where :func:`jaxcnn.train.learning_rate` reads it, and
+    followed by :func:`jaxcnn.ema.ema_params` where ``ema_decay`` asks for a moving average."""
+    optimizer = _base_optimizer(config, build_schedule(config, steps_per_epoch))
+    return optax.chain(optimizer, ema_params(config.ema_decay)) if config.ema_decay else optimizer
+
+
+def _base_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
     wd = config.weight_decay
     if config.optimizer == "adamw":
         return optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=wd)

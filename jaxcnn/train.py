@@ -44,6 +44,7 @@ from jaxcnn import data as data_lib
 from jaxcnn import distributed
 from jaxcnn.checks import is_int
 from jaxcnn.early_stopping import EarlyStopping, should_stop
+from jaxcnn.ema import ema_of
 from jaxcnn.epoch_images import EpochImages, conv_kernels
 from jaxcnn.epochs import SCAN_MAX_BYTES, make_epoch_fn
 from jaxcnn.errors import NonFiniteLossError
@@ -325,9 +326,10 @@ class Loop:
         if "accuracy" in m:
             record["train_accuracy"] = _mean(m["accuracy"], finite)
         report = None
+        params = self.eval_params()
         for split_name, split in (("val", self.val), ("test", self.test)):
             if split is not None:
-                r = evaluate(self.eval_step, ts.params, ts.state, split, self.eval_batch,
+                r = evaluate(self.eval_step, params, ts.state, split, self.eval_batch,
                              mesh=self.mesh)
                 record[f"{split_name}_loss"] = r["loss"]
                 if "accuracy" in r:
@@ -340,6 +342,12 @@ class Loop:
         self.history.append(record)
         self._checkpoint(record)
         return record
+
+    def eval_params(self) -> Any:
+        """The parameters evaluated: the moving average where the optimizer keeps one
+        (:func:`jaxcnn.ema.ema_params`), else the parameters themselves."""
+        ema = ema_of(self.ts.opt_state)
+        return self.ts.params if ema is None else ema
 
     def stops_early(self) -> bool:
         """Whether the records so far end training: the last epoch's training loss is under
@@ -381,7 +389,7 @@ class Loop:
             **{f"params/{p}": v for p, v in ckpt.flatten(ts.params).items()},
             **{f"grads/{p}": v for p, v in ckpt.flatten(grads).items()}})
         self.writer.write_images(step, self.epoch_images(
-            ts.params, ts.state, report["predictions"] if report is not None else None))
+            self.eval_params(), ts.state, report["predictions"] if report is not None else None))
 
     def final_metrics(self) -> dict[str, float]:
         """The last epoch's metrics by the scalar tags they were logged under."""

@@ -157,6 +157,24 @@ def explain(trained: TrainedModel, image: Any, *, method: str = "grad_cam",
     return fn(trained.model, trained.params, trained.state, x[0], target)
 
 
+def _ema_template(path: Path, params: Any) -> tuple[Any, list[str]] | None:
+    """A template for the moving average of ``params`` that a checkpoint's optimizer state
+    holds (:mod:`jaxcnn.ema`, saved under ``opt_state/<...>/ema/<param path>``) and the keys
+    it sits under, or None."""
+    first = next(iter(ckpt.flatten(params)), None)
+    if first is None:
+        return None
+    with np.load(path) as f:
+        keys = [k for k in f.files if k.startswith("opt_state/") and k.endswith(f"/ema/{first}")]
+    if not keys:
+        return None
+    parts = keys[0][: -len(first) - 1].split("/")
+    tree = params
+    for part in reversed(parts):
+        tree = {part: tree}
+    return tree, parts
+
+
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     folder = run_dir / runs.CHECKPOINTS
     last = ckpt.latest(folder)
@@ -223,6 +241,12 @@ def load(run_dir: str | os.PathLike[str], *, checkpoint: str = "best",
                               jax.random.key(0))
     restored, _ = ckpt.restore(path, {"params": abstract[0], "state": abstract[1]},
                                partial=True)
+    ema = _ema_template(path, abstract[0])
+    if ema is not None:  # the run evaluated a moving average of its parameters: predict so too
+        averaged, _ = ckpt.restore(path, ema[0], partial=True)
+        for part in ema[1]:
+            averaged = averaged[part]
+        restored["params"] = averaged
     mean = np.asarray(norm["mean"], np.float32) if norm else None
     std = np.asarray(norm["std"], np.float32) if norm else None
     return TrainedModel(layer, restored["params"], restored["state"], config, list(names),

@@ -292,6 +292,17 @@ def _(c):
 
 case("config-dataset-unknown")(lambda c: _command_line("--dataset", "imagenet"))
 case("config-image-size-builtin")(lambda c: _command_line("--image-size", "32"))
+case("config-label-smoothing")(lambda c: _command_line("--label-smoothing", "1"))
+case("config-ema-decay")(lambda c: _command_line("--ema-decay", "1"))
+
+
+@case("config-augment-unknown")
+def _(c):
+    try:
+        return experiment.run(C.Config(experiment="a", augment=("crop:4", "rotate"),
+                                       runs_dir=str(c.tmp / "runs")), progress=False)
+    finally:
+        assert not (c.tmp / "runs" / "a").exists() or not any((c.tmp / "runs" / "a").iterdir())
 case("config-early-stopping-without-val")(lambda c: _command_line(
     "--early-stopping-patience", "3", "--val-fraction", "0"))
 case("early-stopping-test-metric")(lambda c: train.EarlyStopping(metric="test_accuracy"))
