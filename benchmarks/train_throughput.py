@@ -9,7 +9,7 @@ Contenders, for each model (``simple_cnn``, ``lenet5``; 28x28x1 inputs, 10 class
 - ``jaxcnn``: what a user gets: ``train.make_train_step`` (softmax cross-entropy, Optax SGD with
   momentum 0.9) driven by ``train.make_epoch_fn(driver="scan")`` (a whole epoch of shuffled
   batches as one compiled ``lax.scan``); inference is ``jax.jit`` of ``model.apply``. Its
-  convolutions take the platform's default path (:mod:`jaxcnn._conv_cpu` on CPU).
+  convolutions take the platform's default path (:mod:`jaxcnn.cpu_conv` on CPU).
 - ``jaxcnn[whole]`` (training only): the same with ``batch_slices=1``: each batch computed
   whole instead of in the slices ``make_train_step`` uses on a CPU, to show what they buy.
 - ``jaxcnn[xla]``: the same with ``JAXCNN_CONV_IMPL=xla`` while tracing, i.e. plain

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn._types import Array, Key
 from jaxcnn.errors import ConfigError
+from jaxcnn.typedefs import Array, Key
 
 __all__ = ["Augmentation", "Compose", "CutMix", "Cutout", "Mixup", "RandomCrop", "RandomFlip",
            "RandomTranslate", "compose", "cutmix", "cutout", "describe", "mixup", "parse",

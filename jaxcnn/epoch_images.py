@@ -14,8 +14,8 @@ import numpy as np
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import data as data_lib
 from jaxcnn import explain, visualize, walk
-from jaxcnn._types import Params, State
 from jaxcnn.layers import Layer
+from jaxcnn.typedefs import Params, State
 from jaxcnn.walk import intermediates
 
 __all__ = ["MAX_FEATURE_CHANNELS", "MAX_MISCLASSIFIED", "EpochImages", "conv_kernels",

@@ -43,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import walk
-from jaxcnn._types import Array, Params, State
 from jaxcnn.checks import is_int, is_real
 from jaxcnn.layers.combinators import merge_branches
 from jaxcnn.layers.core import Layer, layer_info
+from jaxcnn.typedefs import Array, Params, State
 
 __all__ = ["grad_cam", "overlay", "saliency"]
 

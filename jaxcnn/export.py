@@ -16,9 +16,9 @@ JAX's serialization format needs the ``flatbuffers`` package on both sides.
 
 The program is lowered for every platform in ``platforms`` at once; a multi-platform program
 picks the lowering of the device it is called on. jaxcnn's CPU convolution
-(:mod:`jaxcnn._conv_cpu`) is chosen when the function is traced, so it is used only for a
+(:mod:`jaxcnn.cpu_conv`) is chosen when the function is traced, so it is used only for a
 CPU-only export (where it is on, as on a CPU machine); every other export is traced with
-XLA's own convolution (:func:`jaxcnn._conv_cpu.use_xla_conv`), which every platform runs. The
+XLA's own convolution (:func:`jaxcnn.cpu_conv.use_xla_conv`), which every platform runs. The
 probabilities agree to float32 rounding either way.
 """
 
@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export
 
-from jaxcnn import _conv_cpu, ops
-from jaxcnn._types import Params, State
+from jaxcnn import cpu_conv, ops
 from jaxcnn.checks import is_int
 from jaxcnn.layers import Layer
+from jaxcnn.typedefs import Params, State
 
 __all__ = ["PLATFORMS", "export_model"]
 
@@ -101,7 +101,7 @@ def export_model(
         exported = lower(spec)
     else:
         # A program that also runs elsewhere must not carry the CPU-specific convolution.
-        with _conv_cpu.use_xla_conv():
+        with cpu_conv.use_xla_conv():
             exported = lower(spec)
     return bytes(exported.serialize())
 

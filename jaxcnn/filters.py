@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcnn import ops
-from jaxcnn._types import Array, Padding
 from jaxcnn.checks import is_int, is_real
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.core import (
@@ -30,6 +29,7 @@ from jaxcnn.layers.core import (
     make_layer,
     wrap_apply,
 )
+from jaxcnn.typedefs import Array, Padding
 
 __all__ = ["FixedConv", "box_blur", "gaussian", "laplacian", "sharpen", "sobel_edges", "sobel_x",
            "sobel_y"]

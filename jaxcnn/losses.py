@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn._types import Array
+from jaxcnn.typedefs import Array
 
 __all__ = ["accuracy", "mse", "softmax_cross_entropy"]
 

@@ -19,10 +19,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcnn import _conv_cpu
-from jaxcnn._types import Shape
+from jaxcnn import cpu_conv
 from jaxcnn.layers import Layer, layer_info
 from jaxcnn.summarize import summary
+from jaxcnn.typedefs import Shape
 from jaxcnn.walk import first_not_per_example
 
 __all__ = [
@@ -107,7 +107,7 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     """How many slices :func:`jaxcnn.steps.make_train_step` computes a batch of ``batch_size`` in.
 
     ``"auto"``: from batch 64 on, when jaxcnn's CPU convolution is on
-    (:func:`jaxcnn._conv_cpu.enabled`: JAX's default backend is the CPU, or
+    (:func:`jaxcnn.cpu_conv.enabled`: JAX's default backend is the CPU, or
     ``JAXCNN_CONV_IMPL=cpu``), there is one device in all, and the model is per-example
     (:class:`jaxcnn.layers.LayerInfo`), the largest power of two of slices with at least
     :func:`slice_rows` rows each (16 or 32, by the model's largest activation on the input
@@ -115,7 +115,7 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     least 4 and at most :data:`CPU_MAX_SLICES`. With 16 rows: 4 for batch 64-127, 8 for
     128-255, 16 from 256 on; with 32 rows: 4 for batch 64-255, 8 for 256-511, 16 from 512 on.
     Slices of 64 rows or more split each of their convolutions once more, in 4
-    (:func:`jaxcnn._conv_cpu.plan_for`). Else 1. An int is used as given (at most the batch);
+    (:func:`jaxcnn.cpu_conv.plan_for`). Else 1. An int is used as given (at most the batch);
     with a batch sharded over several devices its slices would cut across the shards, which
     costs transfers between devices, so keep ``"auto"`` there. ``in_shape``: the input's
     shape, batch first (None allowed); :func:`jaxcnn.steps.make_train_step` passes the batch's
@@ -153,7 +153,7 @@ def slice_count(model: Layer, batch_size: int, batch_slices: int | str,
     if batch_slices == "auto":
         # at least 4 slices: fewer left a core idle (benchmarks/README.md, items 6 to 8)
         if (batch_size >= CPU_MIN_SLICED_BATCH and layer_info(model).per_example
-                and _conv_cpu.enabled() and jax.device_count() == 1):
+                and cpu_conv.enabled() and jax.device_count() == 1):
             rows = CPU_SLICE_ROWS
             if in_shape is not None and CPU_L2_BYTES:
                 example_bytes = largest_activation_bytes(model, in_shape)

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import _conv_cpu, distributed, slices
+from jaxcnn import cpu_conv, distributed, slices
 from jaxcnn import data as data_lib
-from jaxcnn._types import Array, Key, Params, Shape, State
 from jaxcnn.layers import Layer
 from jaxcnn.losses import accuracy, softmax_cross_entropy
+from jaxcnn.typedefs import Array, Key, Params, Shape, State
 
 __all__ = [
     "LossFn", "Metrics", "TrainState", "check_class_labels", "create_train_state",
@@ -184,7 +184,7 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
         if count == 1:
             return model.apply(params, state, images, key=key, train=True)
         # A per-example model has no batch statistics to update: its state stays as it is.
-        return _conv_cpu.concat_slices(
+        return cpu_conv.concat_slices(
             lambda x: model.apply(params, state, x, key=key, train=True)[0], images,
             count), state
 

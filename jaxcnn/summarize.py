@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 import jax
 
 from jaxcnn import walk
-from jaxcnn._types import Shape
 from jaxcnn.layers.core import Layer, format_shape
+from jaxcnn.typedefs import Shape
 
 __all__ = ["Summary", "SummaryRow", "summary"]
 

@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from jaxcnn._types import Array, Params, State
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.combinators import merge_branches
 from jaxcnn.layers.core import Layer, LayerInfo, layer_info
+from jaxcnn.typedefs import Array, Params, State
 
 __all__ = ["Node", "children", "first_not_per_example", "intermediates", "nodes", "propagate",
            "record_outputs", "subtree"]

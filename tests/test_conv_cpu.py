@@ -1,4 +1,4 @@
-"""jaxcnn._conv_cpu against ``lax.conv_general_dilated`` and JAX's own derivatives of it.
+"""jaxcnn.cpu_conv against ``lax.conv_general_dilated`` and JAX's own derivatives of it.
 
 Every formulation (forward: lax, taps; input gradient: conv, gemm; weight gradient: conv,
 gemm) over a sweep of kernel sizes, strides, paddings (SAME, VALID, asymmetric explicit),
@@ -21,7 +21,7 @@ import pytest
 from jax import lax
 from jax.test_util import check_grads
 
-from jaxcnn import _conv_cpu as cc
+from jaxcnn import cpu_conv as cc
 from jaxcnn import ops
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax import export, lax
 
-from jaxcnn import _conv_cpu, models, ops
+from jaxcnn import cpu_conv, models, ops
 from jaxcnn import layers as L
 from jaxcnn.export import export_model
 
@@ -153,7 +153,7 @@ def test_a_program_for_cuda_carries_xlas_own_convolution(monkeypatch):
     params, state = _trained(model, (28, 28, 1))
 
     def convs(impl, platforms):
-        monkeypatch.setenv(_conv_cpu.ENV_VAR, impl)
+        monkeypatch.setenv(cpu_conv.ENV_VAR, impl)
         return _convolutions(export_model(model, params, state, input_shape=(28, 28, 1),
                                           platforms=platforms))
 
@@ -174,7 +174,7 @@ def _lax(x, w):
 def test_the_cpu_convolution_exports_at_a_symbolic_batch(monkeypatch, cin, cout):
     """Forward and gradient, traced with the CPU path at a symbolic batch, then called at a
     batch below and one above the size where a concrete batch is split into slices."""
-    monkeypatch.setenv(_conv_cpu.ENV_VAR, "cpu")
+    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
     rng = np.random.default_rng(cin)
     w = jnp.asarray(rng.uniform(-1, 1, (3, 3, cin, cout)), jnp.float32)
 
@@ -199,21 +199,21 @@ def test_the_cpu_convolution_exports_at_a_symbolic_batch(monkeypatch, cin, cout)
 def test_a_batch_that_is_not_an_int_runs_whole():
     b = export.symbolic_shape("b")[0]
     for batch in (b, None):
-        assert _conv_cpu.plan_for((batch, 14, 14, 32), (3, 3, 32, 64)).split == 1
-    assert _conv_cpu.plan_for((128, 14, 14, 32), (3, 3, 32, 64)).split == 4
+        assert cpu_conv.plan_for((batch, 14, 14, 32), (3, 3, 32, 64)).split == 1
+    assert cpu_conv.plan_for((128, 14, 14, 32), (3, 3, 32, 64)).split == 4
 
 
 def test_use_xla_conv_overrides_the_variable_inside_the_block_only(monkeypatch):
-    monkeypatch.setenv(_conv_cpu.ENV_VAR, "cpu")
+    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
     x, w = jnp.ones((1, 5, 5, 1)), jnp.ones((3, 3, 1, 2))
 
     def custom(fn):
         return "custom_jvp_call" in str(jax.make_jaxpr(fn)(x, w))
 
-    with _conv_cpu.use_xla_conv():
-        assert not _conv_cpu.enabled()
+    with cpu_conv.use_xla_conv():
+        assert not cpu_conv.enabled()
         assert not custom(lambda x, w: ops.conv2d(x, w))
-    assert _conv_cpu.enabled() and custom(lambda x, w: ops.conv2d(x, w))
+    assert cpu_conv.enabled() and custom(lambda x, w: ops.conv2d(x, w))
 
 
 # ----------------------------------------------------------------------------- errors

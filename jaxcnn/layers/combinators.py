@@ -15,7 +15,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcnn._types import Array, Key
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.core import (
     Layer,
@@ -25,6 +24,7 @@ from jaxcnn.layers.core import (
     layer_info,
     make_layer,
 )
+from jaxcnn.typedefs import Array, Key
 
 __all__ = ["child_names", "merge_branches", "parallel", "residual", "serial"]
 

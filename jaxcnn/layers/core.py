@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import ops
-from jaxcnn._types import Array, Key, Padding, Params, Shape, State
 from jaxcnn.checks import is_int
 from jaxcnn.errors import LayerError
+from jaxcnn.typedefs import Array, Key, Padding, Params, Shape, State
 
 __all__ = [
     "ApplyFn", "InitFn", "Layer", "LayerInfo", "check_padding", "check_pair", "check_params",

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn import ops
-from jaxcnn._types import Array, Initializer, Padding
 from jaxcnn.checks import is_int, is_real
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.core import (
@@ -30,6 +29,7 @@ from jaxcnn.layers.core import (
     make_layer,
     wrap_apply,
 )
+from jaxcnn.typedefs import Array, Initializer, Padding
 
 __all__ = [
     "AvgPool", "BatchNorm", "Conv", "Dense", "Dropout", "Elu", "Flatten", "GlobalAvgPool",

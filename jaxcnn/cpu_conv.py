@@ -60,8 +60,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxcnn._types import Array
 from jaxcnn.checks import is_int
+from jaxcnn.typedefs import Array
 
 __all__ = ["ENV_VAR", "Plan", "concat_slices", "conv2d", "enabled", "plan_for", "use_xla_conv"]
 
