@@ -382,11 +382,13 @@ def annotated_grid(
       images: ``(N, H, W, C)`` with ``C`` in {1, 3}, or ``(N, H, W)`` grey; uint8 is shown as
         is (divided by 255), a float image is min-max normalised on its own (so standardised
         inputs show fine).
-      true_labels, pred_labels: ``(N,)`` class indices.
+      true_labels: ``(N,)`` true class indices.
+      pred_labels: ``(N,)`` predicted class indices.
       class_names: names to write instead of the indices.
       max_images: show only the first ``max_images`` samples.
       min_size: upscale small images (nearest neighbour) until the longer side is at least this.
-      pad, pad_value: the grid's separators.
+      pad: width of the separators between tiles, in pixels.
+      pad_value: colour of the separating pixels, in [0, 1].
 
     Returns:
       float32 ``(H', W', 3)`` in [0, 1]. With ``n = min(N, max_images)``, each image is upscaled
