@@ -1,5 +1,5 @@
 """LeNet-5 (61,706 parameters) on MNIST: SGD with momentum and cosine decay, 10 epochs
-(expect about 99.0% test accuracy). The data is read from --data-dir, $JAXCNN_DATA or the
+(the README's Results table has its result). The data is read from --data-dir, $JAXCNN_DATA or the
 cache, and downloaded when missing.
 
 Run it (every config key can be overridden; `--help` lists them)::
