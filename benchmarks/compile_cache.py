@@ -72,7 +72,7 @@ def launch(experiment: str, extra: list[str], cache: Path, runs: Path) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", default="mnist_lenet5")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("extra", nargs="*", help="more overrides for the experiment, after --")

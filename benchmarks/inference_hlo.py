@@ -58,7 +58,7 @@ def compare(name: str, batch: int) -> tuple[bool, int, int, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="simple_cnn")
     p.add_argument("--batches", default="128,1024")
     args = p.parse_args(argv)

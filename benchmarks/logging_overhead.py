@@ -218,7 +218,7 @@ def _fmt(xs: list[float]) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default=DEFAULT_CASES,
                    help=f"dataset:model,... (default {DEFAULT_CASES}; mnist falls back to "
                         f"fashion_mnist, same sizes, when its files are missing)")

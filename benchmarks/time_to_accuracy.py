@@ -211,7 +211,7 @@ def timed_run(cmd: list[str], env: dict[str, str], target: float, runs: Path | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--default-malloc", action="store_true",
