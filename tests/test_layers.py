@@ -180,7 +180,8 @@ def test_pool_shape_values_and_jit(kind, x_shape, window, stride, padding, ceil_
 
 
 def _elementwise_cases():
-    # (layer, NumPy formula, in_shape); formulas as CONCEPTS.md writes them
+    # (layer, NumPy formula, in_shape); formulas as docs/concepts.md writes them ('Activations';
+    # 'Flatten, dense layers and softmax')
     return [
         (L.Relu(), lambda x: np.maximum(0.0, x), (3, 4, 5)),
         (L.Sigmoid(), lambda x: 1.0 / (1.0 + np.exp(-x)), (2, 3, 3, 2)),
@@ -220,6 +221,7 @@ def test_softmax_gives_probabilities_with_the_largest_logit_most_likely():
 
 
 def test_global_pooling_matches_the_concepts_example():
+    """The global pooling example of docs/concepts.md ('Pooling'): 9 and 40 / 9."""
     grid = np.array([[2, 4, 3], [1, 5, 6], [8, 2, 9]], np.float32)
     x = np.stack([grid, -grid], axis=-1)[None]  # (1, 3, 3, 2): two channels, each on its own
     for layer, want in ((L.GlobalMaxPool(), [9.0, -1.0]), (L.GlobalAvgPool(), [40 / 9, -40 / 9])):

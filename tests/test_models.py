@@ -1,4 +1,5 @@
-"""jaxcnn.models and the worked numbers of CONCEPTS.md.
+"""jaxcnn.models and the worked numbers of docs/concepts.md (Convolution; Output size: stride,
+padding and rounding; LeNet-5).
 
 Parameter counts are written out as arithmetic from each architecture's description and compared
 with the leaves of ``init``'s params; output shapes come from real forward passes. Inits are
@@ -245,7 +246,8 @@ def test_a_model_too_deep_for_its_input_names_the_failing_layer():
 
 
 # ---------------------------------------------------------------------------------------------
-# CONCEPTS.md: layer arithmetic through the Conv and pooling layers
+# docs/concepts.md, 'Convolution' and 'Output size: stride, padding and rounding': layer
+# arithmetic through the Conv and pooling layers
 # ---------------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 Sweeps kernel sizes, strides, paddings (VALID, SAME, int, asymmetric explicit), dilations,
 groups (1, 2, depthwise) and channel counts; float32 results are held to float64 references
 at 1e-5. Every configuration also checks ``conv_output_size`` against the returned shape.
-Then the worked numbers of CONCEPTS.md and the ValueError messages.
+Then the worked numbers of docs/concepts.md and the ValueError messages.
 """
 
 from __future__ import annotations
@@ -404,7 +404,8 @@ def test_activations_match_formulas(op, reference):
 
 
 def test_activation_formulas_of_concepts():
-    """ReLU max(0, x); sigmoid 1/(1+e^-x); leaky max(0.01x, x); ELU x or alpha (e^x - 1)."""
+    """docs/concepts.md, 'Activations': ReLU max(0, x); sigmoid 1/(1+e^-x); leaky max(0.01x, x);
+    ELU x or alpha (e^x - 1)."""
     x = _X_ACT
     xj = _f32(x)
     np.testing.assert_allclose(np.asarray(ops.relu(xj)), np.maximum(0, x), **TOL)
@@ -437,7 +438,8 @@ def test_softmax_is_stable_for_large_logits():
 
 
 def test_softmax_example_of_concepts():
-    """Logits whose softmax is the article's [0, .1, .1, .75, 0, ...]: rows sum to 1, class 3."""
+    """Logits whose softmax is the article's [0, .1, .1, .75, 0, ...] (docs/concepts.md, 'Flatten,
+    dense layers and softmax'): rows sum to 1, class 3."""
     p = np.array([0, 0.1, 0.1, 0.75, 0, 0, 0, 0, 0, 0.05])
     with np.errstate(divide="ignore"):
         logits = np.log(p)
@@ -450,7 +452,8 @@ def test_softmax_example_of_concepts():
 
 
 # ---------------------------------------------------------------------------------------------
-# CONCEPTS.md worked figures
+# docs/concepts.md worked figures ('Convolution'; 'Output size: stride, padding and rounding';
+# 'Pooling')
 # ---------------------------------------------------------------------------------------------
 
 
