@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from functools import partial
 
 import jax
 import jax.extend
@@ -22,7 +23,7 @@ from jax import lax
 from jax.test_util import check_grads
 
 from jaxcnn import cpu_conv as cc
-from jaxcnn import ops
+from jaxcnn import models, ops, registry
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 CANONICAL = ("NHWC", "HWIO", "NHWC")
@@ -176,16 +177,101 @@ def test_an_undifferentiated_input_costs_no_input_gradient():
     assert len(_conv_specs(both.jaxpr)) == 2  # the forward and the input gradient
 
 
-def test_plan_for_the_model_layers():
-    def plan(x_shape, w_shape, groups=1):
-        return tuple(cc.plan_for(x_shape, w_shape, groups))
+# The inputs each built-in model is trained on (config.DATASETS: digits 8x8x1, MNIST and
+# Fashion-MNIST 28x28x1, CIFAR-10 32x32x3), as registry.build_model makes them, and resnet20's
+# projection shortcut (option B, 1x1 stride-2 convolutions).
+MODEL_INPUTS = [("simple_cnn", (28, 28, 1)), ("simple_cnn", (8, 8, 1)), ("lenet5", (28, 28, 1)),
+                ("vgg", (32, 32, 3)), ("vgg_small", (8, 8, 1)), ("resnet20", (32, 32, 3)),
+                ("resnet20-B", (32, 32, 3))]
+# A batch that training splits (plan_for's split from batch 64 on) and one that runs whole.
+MODEL_BATCHES = (64, 8)
+# Shapes no built-in model has: (id, x shape, kernel (kh, kw), C_out, stride, explicit pads,
+# dilation, groups); batches of 66 and 70 are not a multiple of 4 (nor 70 of 3), 5 is below
+# two rows a slice.
+ODD_CASES = [
+    ("depthwise-32", (66, 14, 14, 32), (3, 3), 32, (1, 1), ((1, 1), (1, 1)), (1, 1), 32),
+    ("groups2-strided", (70, 9, 8, 6), (2, 3), 4, (2, 1), ((0, 1), (1, 0)), (1, 2), 2),
+    ("1ch-stride2-asym", (70, 13, 12, 1), (5, 3), 6, (2, 2), ((2, 1), (0, 2)), (1, 1), 1),
+    ("1ch-dilated-wide", (66, 11, 10, 1), (3, 3), 40, (1, 1), ((2, 2), (2, 2)), (2, 2), 1),
+    ("3ch-stride-dilated", (70, 12, 11, 3), (3, 2), 8, (2, 3), ((1, 1), (0, 2)), (2, 1), 1),
+    ("5ch-1x1-stride2", (5, 8, 8, 5), (1, 1), 33, (2, 2), ((0, 0), (0, 0)), (1, 1), 1),
+    ("1ch-batch5", (5, 9, 9, 1), (3, 3), 4, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+]
+PLAN_TOL = {"rtol": 1e-4, "atol": 1e-5}  # atol scaled by the largest magnitude, see below
 
-    assert plan((128, 28, 28, 1), (3, 3, 1, 32)) == ("taps", "gemm", "gemm", 4, "lax")
-    assert plan((128, 14, 14, 32), (3, 3, 32, 64)) == ("lax", "conv", "gemm", 4, "lax")
-    assert plan((8, 14, 14, 32), (3, 3, 32, 64)) == ("lax", "conv", "gemm", 1, "lax")
-    assert plan((128, 28, 28, 1), (5, 5, 1, 6)) == ("taps", "gemm", "conv", 4, "taps")
-    assert plan((128, 14, 14, 6), (5, 5, 6, 16)) == ("lax", "conv", "conv", 4, "lax")
-    assert plan((128, 14, 14, 32), (3, 3, 1, 32), 32) == ("lax", "conv", "gemm", 4, "lax")
+
+def _model_cases(model: str, hwc: tuple[int, int, int], batch: int) -> list[tuple]:
+    """Every distinct convolution of ``model`` applied to (batch, *hwc), as a case tuple: read
+    from the program JAX traces with plain ``lax.conv_general_dilated`` (use_xla_conv)."""
+    net = models.resnet20(shortcut="B") if model == "resnet20-B" else \
+        registry.build_model(model, 10)
+    params, state = jax.eval_shape(lambda k: net.init(k, (batch, *hwc))[1:], jax.random.key(0))
+    x = jax.ShapeDtypeStruct((batch, *hwc), jnp.float32)
+    with cc.use_xla_conv():
+        jaxpr = jax.make_jaxpr(lambda p, s, x: net.apply(p, s, x)[0])(params, state, x).jaxpr
+
+    def convs(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                p, (lhs, rhs) = eqn.params, (v.aval.shape for v in eqn.invars)
+                assert p["dimension_numbers"] == lax.conv_dimension_numbers(lhs, rhs, CANONICAL)
+                yield (f"{model}-{'x'.join(map(str, lhs))}-k{'x'.join(map(str, rhs))}",
+                       tuple(lhs), tuple(rhs[:2]), rhs[3], tuple(p["window_strides"]),
+                       tuple(map(tuple, p["padding"])), tuple(p["rhs_dilation"]),
+                       p["feature_group_count"])
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from convs(sub)
+
+    return list(dict.fromkeys(convs(jaxpr)))
+
+
+def _assert_plan_serves(case):
+    """The convolution run with the plan ``plan_for`` picks for this shape equals
+    ``lax.conv_general_dilated``: plain evaluation, the forward of the differentiated pass,
+    and the gradients with respect to the input and the kernel (both at once, and the kernel's
+    alone, as for a first layer whose images are not differentiated), to float32 rounding:
+    rtol 1e-4 and atol 1e-5 of the largest magnitude (a weight gradient sums thousands of
+    products, which cancel to near zero in places)."""
+    name, x_shape, (kh, kw), cout, stride, pads, dil, groups = case
+    plan = cc.plan_for(x_shape, (kh, kw, x_shape[3] // groups, cout), groups)
+    assert plan.fwd in ("lax", "taps") and plan.infer in ("lax", "taps"), plan
+    assert plan.dx in ("conv", "gemm") and plan.dw in ("conv", "gemm"), plan
+    assert isinstance(plan.split, int) and plan.split >= 1, plan
+    x, w, g = _data(case)
+
+    def mine(x, w):
+        return _mine(x, w, case, plan)
+
+    def ref(x, w):
+        return _lax(x, w, case)
+
+    def results(conv, x, w, g):  # jitted with the data as arguments (not folded constants)
+        y, vjp = jax.vjp(conv, x, w)
+        dw_alone = jax.grad(lambda w: jnp.sum(conv(x, w) * g))(w)
+        return conv(x, w), y, *vjp(g), dw_alone
+
+    got = jax.jit(partial(results, mine))(x, w, g)
+    want = jax.jit(partial(results, ref))(x, w, g)
+    for a, b, what in zip(got, want, ("y", "y in vjp", "dx", "dw", "dw alone"), strict=True):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=PLAN_TOL["rtol"],
+                                   atol=PLAN_TOL["atol"] * max(1.0, float(np.abs(b).max())),
+                                   err_msg=f"{what} of {name} with {plan}")
+
+
+@pytest.mark.parametrize("batch", MODEL_BATCHES)
+@pytest.mark.parametrize("model, hwc", MODEL_INPUTS, ids=[f"{m}-{h}" for m, (h, *_) in
+                                                          MODEL_INPUTS])
+def test_the_plan_for_each_model_layer_computes_the_convolution(model, hwc, batch):
+    cases = _model_cases(model, hwc, batch)
+    assert cases  # every built-in model has convolutions
+    for case in cases:
+        _assert_plan_serves(case)
+
+
+@pytest.mark.parametrize("case", ODD_CASES, ids=lambda c: c[0])
+def test_the_plan_for_odd_shapes_computes_the_convolution(case):
+    _assert_plan_serves(case)
 
 
 def test_batch_split_gives_the_same_numbers():

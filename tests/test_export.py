@@ -196,11 +196,25 @@ def test_the_cpu_convolution_exports_at_a_symbolic_batch(monkeypatch, cin, cout)
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_a_batch_that_is_not_an_int_runs_whole():
+def test_plan_for_accepts_a_batch_that_is_not_an_int():
+    """A contract: plan_for takes an open batch (None, as in_shape writes it) and jax.export's
+    symbolic one, and the convolution and its gradient run with the plan picked for a symbolic
+    batch trace to the right shapes (slicing that batch would need its value). Their numbers
+    at a symbolic batch: test_the_cpu_convolution_exports_at_a_symbolic_batch."""
     b = export.symbolic_shape("b")[0]
+    x = jax.ShapeDtypeStruct((b, 14, 14, 32), jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 3, 32, 64), jnp.float32)
     for batch in (b, None):
-        assert cpu_conv.plan_for((batch, 14, 14, 32), (3, 3, 32, 64)).split == 1
-    assert cpu_conv.plan_for((128, 14, 14, 32), (3, 3, 32, 64)).split == 4
+        assert isinstance(cpu_conv.plan_for((batch, 14, 14, 32), w.shape), cpu_conv.Plan)
+    plan = cpu_conv.plan_for(x.shape, w.shape)
+
+    def conv(x, w):
+        return cpu_conv.conv2d(x, w, strides=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1),
+                               plan=plan)
+
+    assert jax.eval_shape(conv, x, w).shape == (b, 14, 14, 64)
+    dx, dw = jax.eval_shape(jax.grad(lambda x, w: jnp.sum(conv(x, w)), (0, 1)), x, w)
+    assert (dx.shape, dw.shape) == (x.shape, w.shape)
 
 
 def test_use_xla_conv_overrides_the_variable_inside_the_block_only(monkeypatch):
