@@ -5,7 +5,9 @@ gemm) over a sweep of kernel sizes, strides, paddings (SAME, VALID, asymmetric e
 dilations, groups (1, 2, depthwise) and channel counts: values, ``jax.grad`` with respect to
 x and w, in float32 to 1e-5; second order and forward mode with ``check_grads`` in float64;
 ``vmap`` of the gradient; the same numbers inside ``lax.scan``; that every convolution of the
-backward pass is in canonical NHWC x HWIO order (what makes it fast); and the dispatch switch.
+backward pass is in canonical NHWC x HWIO order (what makes it fast); that the plan
+``plan_for`` picks for each convolution of the built-in models, and for odd shapes, computes
+the same value and gradients; and the dispatch switch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from jax.test_util import check_grads
 
 from jaxcnn import cpu_conv as cc
 from jaxcnn import models, ops, registry
+
+# The plans, the dispatch switch (auto means the CPU backend) and the compile counts are the
+# CPU backend's.
+pytestmark = pytest.mark.requires_cpu_backend(
+    reason="the CPU execution plan (cpu_conv's plans) is only used on the CPU backend")
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 CANONICAL = ("NHWC", "HWIO", "NHWC")
@@ -295,7 +302,7 @@ def _uses_custom_path(fn, *args) -> bool:
 def test_jaxcnn_conv_impl_picks_the_path(monkeypatch, impl, expected):
     monkeypatch.setenv(cc.ENV_VAR, impl)
     x, w, _ = _data(CASES[0])
-    assert cc.enabled() is expected  # the tests run on the CPU backend
+    assert cc.enabled() is expected  # auto: on, as this module runs on the CPU backend
     assert _uses_custom_path(lambda x, w: ops.conv2d(x, w, padding="SAME"), x, w) is expected
     y = ops.conv2d(x, w, padding=1)
     np.testing.assert_allclose(np.asarray(y), np.asarray(_lax(x, w, CASES[0])), **TOL)

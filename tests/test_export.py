@@ -169,6 +169,8 @@ def _lax(x, w):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+@pytest.mark.requires_cpu_backend(
+    reason="exported for the default backend, it tests the CPU execution plan's slices")
 @pytest.mark.parametrize("cin, cout", [(1, 4), (3, 8), (16, 32)],
                          ids=["1ch-taps", "3ch-pad8", "16ch"])
 def test_the_cpu_convolution_exports_at_a_symbolic_batch(monkeypatch, cin, cout):
