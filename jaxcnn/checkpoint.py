@@ -43,6 +43,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcnn.checks import is_key
 from jaxcnn.errors import CheckpointError, RunError
 
 __all__ = ["atomic_write", "checkpoints", "flatten", "is_complete", "latest", "read_metadata",
@@ -113,10 +114,6 @@ def _key_name(k: Any) -> str:
     return str(k)
 
 
-def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
 def flatten(tree: Any) -> dict[str, Any]:
     """``{path: leaf}`` of ``tree`` in leaf order; a path joins dict keys, NamedTuple field names
     and sequence indices with ``/`` (``params/conv1/w``)."""
@@ -150,7 +147,7 @@ def save(directory: str | os.PathLike[str], name: str, tree: Any,
         stale.unlink(missing_ok=True)
     arrays, key_leaves = {}, []
     for path, leaf in flatten(tree).items():
-        if _is_key(leaf):
+        if is_key(leaf):
             key_leaves.append(path)
             leaf = jax.random.key_data(leaf)
         arrays[path] = np.asarray(jax.device_get(leaf))
@@ -287,7 +284,7 @@ def restore(path: str | os.PathLike[str], template: Any, *,
     flat_template = flatten(template)
     leaves = []
     for key, ref in flat_template.items():
-        want = jax.eval_shape(jax.random.key_data, ref) if _is_key(ref) else ref
+        want = jax.eval_shape(jax.random.key_data, ref) if is_key(ref) else ref
         want_shape, want_dtype = tuple(np.shape(want)), np.dtype(want.dtype)
         if key not in stored:
             raise CheckpointError(f"checkpoint {npz} does not fit this model: {key}: missing from "
@@ -300,7 +297,7 @@ def restore(path: str | os.PathLike[str], template: Any, *,
         if arr.dtype != want_dtype:
             raise CheckpointError(f"checkpoint {npz} does not fit this model: {key}: checkpoint "
                                   f"dtype {arr.dtype}, model {want_dtype}")
-        if _is_key(ref):
+        if is_key(ref):
             leaves.append(jax.random.wrap_key_data(arr, impl=_key_impl(ref)))
         else:
             leaves.append(jax.numpy.asarray(arr))

@@ -32,6 +32,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxcnn.checks import is_key
+
 __all__ = [
     "ENV_COORDINATOR", "ENV_COORDINATOR_BIND", "ENV_LOCAL_DEVICE_IDS", "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID", "initialize",
@@ -138,15 +140,11 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
 def _put(x: Any, sharding: NamedSharding) -> jax.Array:
     if isinstance(x, jax.Array):
         if x.sharding.is_equivalent_to(sharding, x.ndim):
             return x
-        if _is_key(x):  # typed keys travel as their raw uint32 data
+        if is_key(x):  # typed keys travel as their raw uint32 data
             return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding),
                                             impl=jax.random.key_impl(x))
         if not x.is_fully_addressable:  # already global: let XLA reshard it
@@ -209,7 +207,7 @@ def to_host(tree: Any) -> Any:
     """
 
     def get(x):
-        if _is_key(x):
+        if is_key(x):
             x = jax.random.key_data(x)
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             if x.is_fully_replicated:

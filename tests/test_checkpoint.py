@@ -10,6 +10,7 @@ import pytest
 
 from jaxcnn import checkpoint as ckpt
 from jaxcnn import train
+from jaxcnn.checks import is_key
 from jaxcnn.errors import CheckpointError
 
 
@@ -30,7 +31,7 @@ def _assert_trees_equal(a, b):
     assert list(fa) == list(fb)
     for k in fa:
         x, y = fa[k], fb[k]
-        if ckpt._is_key(x):
+        if is_key(x):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=k)
 
