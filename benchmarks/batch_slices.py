@@ -92,7 +92,7 @@ def main(argv=None) -> None:
             model = getattr(models, model_name)()
             for v in values:
                 ratio = ref / np.array(secs[v])  # > 1: faster than the first value
-                used = train_lib.batch_slices_for(model, batch, v, (None, 28, 28, 1))
+                used = train_lib.batch_slices_for(model, batch, v)
                 won = "" if v == values[0] else f"{int((ratio > 1).sum())}/{args.passes}"
                 print(f"| {model_name} | {batch} | {v} | {used} | "
                       f"{statistics.median(batch * steps / np.array(secs[v])):,.0f} | "

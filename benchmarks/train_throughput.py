@@ -10,6 +10,10 @@ Contenders, for each model (``simple_cnn``, ``lenet5``; 28x28x1 inputs, 10 class
   momentum 0.9) driven by ``train.make_epoch_fn(driver="scan")`` (a whole epoch of shuffled
   batches as one compiled ``lax.scan``); inference is ``jax.jit`` of ``model.apply``. Its
   convolutions take the platform's default path (:mod:`jaxcnn.cpu_conv` on CPU).
+- ``jaxcnn[own step]`` (training only): the jaxcnn model in the step a user writes by hand:
+  ``jax.jit`` of ``jax.value_and_grad`` of the loss of ``model.apply(..., train=True)`` and an
+  Optax update, one call per batch in a Python loop (buffers donated); the CPU batch slices
+  come from the model's own ``serial`` (:func:`jaxcnn.cpu_conv.batch_slices`).
 - ``jaxcnn[whole]`` (training only): the same with ``batch_slices=1``: each batch computed
   whole instead of in the slices ``make_train_step`` uses on a CPU, to show what they buy.
 - ``jaxcnn[xla]``: the same with ``JAXCNN_CONV_IMPL=xla`` while tracing, i.e. plain
@@ -180,6 +184,38 @@ def jaxcnn_train(name: str, batch: int, steps: int, impl: str | None = None,
         run()  # compile
     label = "jaxcnn[whole]" if whole else "jaxcnn" if impl is None else f"jaxcnn[{impl}]"
     return Runner(label, run)
+
+
+def own_step_train(name: str, batch: int, steps: int) -> Runner:
+    model = getattr(models, name)()
+    optimizer = optax.sgd(LR, momentum=MOMENTUM)
+    _, params, state = model.init(jax.random.key(0), (None, *IN_SHAPE))
+
+    def step_fn(params, opt_state, x, y):
+        def loss_fn(p):
+            logits, _ = model.apply(p, state, x, train=True)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step_fn = jax.jit(step_fn, donate_argnums=(0, 1))
+    images, labels = _data(batch, steps)
+    batches = [(jnp.asarray(images[i * batch:(i + 1) * batch]),
+                jnp.asarray(labels[i * batch:(i + 1) * batch])) for i in range(steps)]
+    box = {"p": params, "o": optimizer.init(params)}
+
+    def run() -> int:
+        p, o = box["p"], box["o"]
+        for x, y in batches:
+            p, o, loss = step_fn(p, o, x, y)
+        loss.block_until_ready()
+        box["p"], box["o"] = p, o
+        return batch * steps
+
+    run()
+    return Runner("jaxcnn[own step]", run)
 
 
 def jaxcnn_infer(name: str, batch: int, steps: int, impl: str | None = None) -> Runner:
@@ -367,7 +403,8 @@ def build(args) -> list[tuple[tuple[str, int, str], Runner]]:
                 steps = _steps(batch, mode)
                 print(f"compiling {name} b{batch} {mode} ...", file=sys.stderr, flush=True)
                 if mode == "train":
-                    runners = [jaxcnn_train(name, batch, steps)]
+                    runners = [jaxcnn_train(name, batch, steps),
+                               own_step_train(name, batch, steps)]
                     if not args.no_whole:
                         runners.append(jaxcnn_train(name, batch, steps, whole=True))
                     if not args.no_xla:
@@ -480,19 +517,28 @@ def main(argv: list[str] | None = None) -> None:
     if lines:
         print("\nPaired, pass by pass: jaxcnn's images/s over raw JAX's in the same pass")
         print("\n".join(lines))
+    lines = paired(groups, rates, against=("jaxcnn",), ours_name="jaxcnn[own step]",
+                   exact=True)
+    if lines:
+        print("\nPaired, pass by pass: jaxcnn[own step]'s images/s over jaxcnn's (make_train_step "
+              "in a scanned epoch) in the same pass")
+        print("\n".join(lines))
     if torch is None:
         print("\nPyTorch rows skipped: torch is not installed (pip install -e .[bench]).")
 
 
-def paired(groups, rates, against: tuple[str, ...] = ("torch",)) -> list[str]:
-    """Per model, batch and mode: the median over the passes of jaxcnn's images/s divided by
-    the faster contender's in the same pass among those whose name starts with one of
-    ``against`` (PyTorch's by default), and in how many passes jaxcnn was faster."""
+def paired(groups, rates, against: tuple[str, ...] = ("torch",), ours_name: str = "jaxcnn",
+           exact: bool = False) -> list[str]:
+    """Per model, batch and mode: the median over the passes of ``ours_name``'s images/s
+    divided by the faster contender's in the same pass among those whose name starts with one
+    of ``against`` (PyTorch's by default; with ``exact``, whose name is one of them), and in
+    how many passes ``ours_name`` was faster."""
     out = []
     for key in dict.fromkeys(k for k, _ in groups):
-        ours = [rates[i] for i, (k, r) in enumerate(groups) if k == key and r.name == "jaxcnn"]
+        ours = [rates[i] for i, (k, r) in enumerate(groups) if k == key and r.name == ours_name]
         theirs = [rates[i] for i, (k, r) in enumerate(groups)
-                  if k == key and r.name.startswith(against)]
+                  if k == key and r.name != ours_name
+                  and (r.name in against if exact else r.name.startswith(against))]
         if not ours or not theirs:
             continue
         ratios = [a / max(t) for a, *t in zip(ours[0], *theirs, strict=True)]

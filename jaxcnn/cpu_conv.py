@@ -33,6 +33,11 @@ XLA's CPU backend runs well. For Y = X * K (cross-correlation) and G = dE/dY:
   batch (``jax.export`` with a ``"b, H, W, C"`` shape) is never split: the plan then depends
   on the kernel alone, and each slice's bounds would need the batch's value.
 
+Whole models are cut into batch slices too: :func:`batch_slices` is how many slices the
+training pass of a per-example model computes a batch in on this host (32 rows a slice with
+AVX-512, else 16), which :func:`jaxcnn.layers.serial` and :func:`jaxcnn.steps.make_train_step`
+apply; :func:`whole_batch` stops a slice from being cut again.
+
 Because it is a custom JVP rather than a custom VJP, forward mode (``jax.jvp``,
 ``jax.jacfwd``, ``jax.hessian``), reverse mode, ``vmap`` and higher-order derivatives all keep
 working; the tangent of an argument that is not differentiated (the images, for the first
@@ -50,8 +55,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import NamedTuple
 
@@ -63,7 +69,11 @@ from jax.custom_derivatives import SymbolicZero
 from jaxcnn.checks import is_int
 from jaxcnn.typedefs import Array
 
-__all__ = ["ENV_VAR", "Plan", "concat_slices", "conv2d", "enabled", "plan_for", "use_xla_conv"]
+__all__ = [
+    "CPU_MAX_SLICES", "CPU_MIN_SLICED_BATCH", "CPU_SLICE_ROWS", "ENV_VAR", "Plan", "batch_slices",
+    "concat_slices", "conv2d", "cpu_slice_rows", "enabled", "plan_for", "use_xla_conv",
+    "whole_batch",
+]
 
 #: Environment variable that picks the implementation at trace time: auto, cpu or xla.
 ENV_VAR = "JAXCNN_CONV_IMPL"
@@ -107,6 +117,70 @@ def enabled() -> bool:
     if impl == "auto":
         return jax.default_backend() == "cpu"
     return impl == "cpu"
+
+
+def cpu_slice_rows(features: Mapping[str, bool] | None = None) -> int:
+    """Rows per batch slice on this CPU: 32 with AVX-512, else 16. A core with wider vectors
+    finishes a slice's operations sooner, so their fixed cost weighs more and larger slices win
+    (``benchmarks/README.md``, CPU mechanisms, item 8). ``features``: NumPy's runtime CPU
+    feature table (the host's when None)."""
+    if features is None:
+        features = _numpy_cpu_features()
+    return 32 if features.get("AVX512F") else 16
+
+
+def _numpy_cpu_features() -> Mapping[str, bool]:
+    """NumPy's runtime CPU feature table (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x);
+    empty where neither has it, which means the narrower vectors."""
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            return importlib.import_module(module).__cpu_features__
+        except (ImportError, AttributeError):
+            continue
+    return {}
+
+
+#: Rows a batch slice aims at on this host (:func:`cpu_slice_rows`).
+CPU_SLICE_ROWS = cpu_slice_rows()
+#: The most slices a batch is computed in.
+CPU_MAX_SLICES = 16
+#: Smaller batches run whole: slices of fewer than 16 rows gained nothing.
+CPU_MIN_SLICED_BATCH = 64
+
+# Set by whole_batch while a caller computes the batch's slices itself.
+_WHOLE: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxcnn_whole_batch",
+                                                             default=False)
+
+
+@contextlib.contextmanager
+def whole_batch() -> Iterator[None]:
+    """Inside this block :func:`batch_slices` is 1: for a caller that already computes the
+    batch in slices (a model nested in a sliced one, a step with explicit ``batch_slices``),
+    so no slice is cut again."""
+    token = _WHOLE.set(True)
+    try:
+        yield
+    finally:
+        _WHOLE.reset(token)
+
+
+def batch_slices(batch_size: object) -> int:
+    """How many slices the training pass of a per-example model computes a batch of
+    ``batch_size`` rows in, where this CPU path is on (:func:`enabled`) and there is one device:
+    the largest power of two of slices with at least :data:`CPU_SLICE_ROWS` rows each, at least
+    4 and at most :data:`CPU_MAX_SLICES`, from :data:`CPU_MIN_SLICED_BATCH` rows on (with 32
+    rows: 4 for batch 64-255, 8 for 256-511, 16 from 512 on). Else 1, and always 1 for a batch
+    that is not a concrete int (symbolic under ``jax.export``) or inside :func:`whole_batch`.
+
+    Why: XLA's CPU runtime runs most single operations on one core but independent ones side
+    by side, so slices whose logits are concatenated keep both cores busy: the same function
+    of the batch up to float rounding. :func:`jaxcnn.layers.serial` applies it in training
+    mode, so a hand-written ``jax.jit(jax.value_and_grad(...))`` step gets it too."""
+    if (_WHOLE.get() or not is_int(batch_size) or batch_size < CPU_MIN_SLICED_BATCH
+            or not enabled() or jax.device_count() != 1):
+        return 1
+    fit = max(1, int(batch_size) // CPU_SLICE_ROWS)
+    return min(CPU_MAX_SLICES, max(4, 1 << (fit.bit_length() - 1)))
 
 
 class Plan(NamedTuple):

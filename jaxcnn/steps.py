@@ -172,21 +172,26 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     this is the same function of the whole batch (up to float rounding), but XLA's CPU runtime,
     which runs most operations on one core, then has independent forward and backward passes to
     run side by side: 1.1x-1.5x the images/s of LeNet-5 and simple_cnn on 2 cores
-    (``benchmarks/README.md``, "Batch slices"). A model that is not per-example refuses an int >
-    1.
+    (``benchmarks/README.md``, "Batch slices"). ``"auto"`` is the count a per-example
+    :func:`jaxcnn.layers.serial` takes by itself in training mode (so a hand-written step gets
+    the same); an int overrides it, 1 turns slicing off. A model that is not per-example
+    refuses an int > 1.
     """
     slices.check_batch_slices(model, batch_slices)
     call_loss = loss_caller(loss_fn, "make_train_step")
     opt = optax.with_extra_args_support(optimizer)
 
     def forward(params, state, images, key):
-        count = slices.slice_count(model, images.shape[0], batch_slices, images.shape)  # checked
-        if count == 1:
+        count = slices.slice_count(model, images.shape[0], batch_slices)  # checked
+        if count == 1 and batch_slices == "auto":
             return model.apply(params, state, images, key=key, train=True)
         # A per-example model has no batch statistics to update: its state stays as it is.
-        return cpu_conv.concat_slices(
-            lambda x: model.apply(params, state, x, key=key, train=True)[0], images,
-            count), state
+        with cpu_conv.whole_batch():  # the model's own serial must not slice a slice again
+            if count == 1:
+                return model.apply(params, state, images, key=key, train=True)
+            return cpu_conv.concat_slices(
+                lambda x: model.apply(params, state, x, key=key, train=True)[0], images,
+                count), state
 
     def step(ts: TrainState, batch) -> tuple[TrainState, Metrics]:
         images, labels, mask = _unpack(batch)

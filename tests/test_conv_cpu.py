@@ -342,3 +342,20 @@ def test_applied_outside_jit_the_convolution_is_one_compiled_call(caplog):
     np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(_mine(x, w, case))))(w))
     assert "name=_conv" not in jaxpr and "conv_general_dilated" in jaxpr
+
+
+@pytest.mark.parametrize(("rows", "table"), [
+    (16, ((63, 1), (64, 4), (127, 4), (128, 8), (255, 8), (256, 16), (1024, 16))),
+    (32, ((63, 1), (64, 4), (255, 4), (256, 8), (511, 8), (512, 16), (4096, 16)))])
+def test_batch_slices_by_rows_a_slice(monkeypatch, rows, table):
+    """The largest power of two of slices of at least ``rows`` rows, 4 to 16, from batch 64."""
+    monkeypatch.setenv(cc.ENV_VAR, "cpu")
+    monkeypatch.setattr(cc, "CPU_SLICE_ROWS", rows)
+    for batch, want in table:
+        assert cc.batch_slices(batch) == want, batch
+        assert cc.batch_slices(np.int64(batch)) == want, batch
+    with cc.whole_batch():
+        assert cc.batch_slices(1024) == 1
+    assert cc.batch_slices(None) == 1
+    monkeypatch.setenv(cc.ENV_VAR, "xla")
+    assert cc.batch_slices(1024) == 1

@@ -922,3 +922,73 @@ def test_numpy_scalars_configure_a_layer_as_python_ones_do(case):
 def test_bools_are_refused_as_hyperparameters(make):
     with pytest.raises(ValueError, match=r"got .*(True|False)"):
         make()
+
+
+# ----------------------------------------------------------------------------------------------
+# A serial's own batch slices (training mode, on the CPU path)
+
+
+def _spied(seen: list[int]) -> L.Layer:
+    return L.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
+
+
+def test_a_hand_written_step_gets_the_serials_batch_slices(monkeypatch):
+    """A plain ``jax.value_and_grad`` of the model's loss (no make_train_step) runs a
+    per-example serial in :func:`jaxcnn.cpu_conv.batch_slices` slices in training mode, with
+    the whole batch's value and gradients up to float rounding; inference runs whole."""
+    from jaxcnn import cpu_conv
+
+    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
+    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    seen: list[int] = []
+    model = L.serial(_spied(seen), L.Conv(4, 3, padding="SAME"), L.Relu(), L.Flatten(),
+                     L.Dense(3))
+    _, params, state = model.init(jax.random.key(0), (None, 6, 6, 2))
+    x = jax.random.normal(jax.random.key(1), (128, 6, 6, 2))
+    y = jnp.arange(128) % 3
+
+    def loss(p, train):
+        logits, _ = model.apply(p, state, x, train=train)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+    seen.clear()
+    sliced = jax.value_and_grad(loss)(params, True)
+    assert seen == [16] * 8
+    seen.clear()
+    with cpu_conv.whole_batch():
+        whole = jax.value_and_grad(loss)(params, True)
+    assert seen == [128]
+    for a, b in zip(jax.tree.leaves(sliced), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    seen.clear()
+    model.apply(params, state, x, train=False)
+    assert seen == [128]
+
+
+def test_a_nested_serial_does_not_slice_its_slices_again(monkeypatch):
+    from jaxcnn import cpu_conv
+
+    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
+    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    seen: list[int] = []
+    model = L.serial(L.serial(_spied(seen), L.Flatten()), L.Dense(2))
+    _, params, state = model.init(jax.random.key(0), (None, 3))
+    seen.clear()
+    model.apply(params, state, jnp.ones((1024, 3)), train=True)
+    assert seen == [64] * 16
+
+
+def test_serials_that_mix_examples_or_run_elsewhere_run_whole(monkeypatch):
+    from jaxcnn import cpu_conv
+
+    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    seen: list[int] = []
+    x = jnp.ones((128, 3))
+    for model, impl in ((L.serial(_spied(seen), L.Dropout(0.5)), "cpu"),
+                        (L.serial(_spied(seen), L.BatchNorm()), "cpu"),
+                        (L.serial(_spied(seen), L.Relu()), "xla")):
+        monkeypatch.setenv(cpu_conv.ENV_VAR, impl)
+        _, params, state = model.init(jax.random.key(0), (None, 3))
+        seen.clear()
+        model.apply(params, state, x, key=jax.random.key(1), train=True)
+        assert seen == [128], (impl, seen)

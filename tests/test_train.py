@@ -9,8 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import data, layers, losses, models, steps, train
-from jaxcnn import slices as slices_lib
+from jaxcnn import cpu_conv, data, layers, losses, models, steps, train
 
 
 def _toy(n=96, seed=0):
@@ -434,8 +433,7 @@ def test_cpu_slice_rows_follow_the_vector_width(monkeypatch):
     (32, ((64, 4), (127, 4), (128, 4), (255, 4), (256, 8), (511, 8), (512, 16), (4096, 16)))])
 def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch, rows, table):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")  # as on a CPU, whatever runs the tests
-    monkeypatch.setattr(slices_lib, "CPU_SLICE_ROWS", rows)
-    monkeypatch.setattr(slices_lib, "CPU_L2_BYTES", None)  # the rule by vector width alone
+    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", rows)
     lenet = models.lenet5()
     assert train.CPU_MAX_SLICES == 16 and train.CPU_MIN_SLICED_BATCH == 64
     for batch, slices in table:
@@ -450,68 +448,12 @@ def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch, row
     assert train.batch_slices_for(lenet, 128) == 1
 
 
-def test_slice_rows_follow_the_l2_cache(monkeypatch):
-    # lenet5's conv1 output, 28 x 28 x 6 float32, and simple_cnn's, 28 x 28 x 32
-    lenet_b, simple_b = 28 * 28 * 6 * 4, 28 * 28 * 32 * 4
-    assert train.slice_rows(lenet_b, 512 * 1024) == 16  # 301 KB fit, 602 KB would not
-    assert train.slice_rows(lenet_b, 1024**2) == 32  # 602 KB fit
-    assert train.slice_rows(simple_b, 512 * 1024) == 32  # 16 rows (1.6 MB) do not fit either
-    assert train.slice_rows(simple_b, 1024**2) == 32
-    for rows in (16, 32):  # L2 unknown: the host's rule by vector width, whichever it gives
-        monkeypatch.setattr(slices_lib, "CPU_SLICE_ROWS", rows)
-        assert train.slice_rows(lenet_b, None) == train.slice_rows(simple_b, None) == rows
+@pytest.mark.parametrize(("n", "batch_slices", "sizes"), [
+    (64, "auto", [16, 16, 16, 16]), (66, "auto", [16, 17, 16, 17]), (63, "auto", [63]),
+    (128, "auto", [16] * 8), (64, 1, [64]), (10, 3, [3, 3, 4])])
+def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, sizes):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
-    shape = (None, 28, 28, 1)
-    for l2, want in ((512 * 1024, {"lenet5": (4, 8, 16, 16), "simple_cnn": (4, 4, 8, 16)}),
-                     (1024**2, {"lenet5": (4, 4, 8, 16), "simple_cnn": (4, 4, 8, 16)})):
-        monkeypatch.setattr(slices_lib, "CPU_L2_BYTES", l2)
-        for name, slices in want.items():
-            model = getattr(models, name)()
-            assert slices_lib.largest_activation_bytes(model, shape) == (
-                lenet_b if name == "lenet5" else simple_b)
-            got = tuple(train.batch_slices_for(model, b, in_shape=shape)
-                        for b in (64, 128, 256, 1024))
-            assert got == slices, (l2, name)
-
-
-@pytest.mark.parametrize(("files", "expected"), [
-    ({"index0": ("1", "Data", "32K"), "index1": ("1", "Instruction", "64K"),
-      "index2": ("2", "Unified", "512K"), "index3": ("3", "Unified", "8192K")}, 512 * 1024),
-    ({"index2": ("2", "Unified", "1M")}, 1024**2),
-    ({"index0": ("1", "Data", "48K")}, None), ({}, None),
-    ({"index2": ("2", "Unified", "big")}, None)])
-def test_cpu_l2_cache_bytes_reads_sysfs(tmp_path, files, expected):
-    for index, values in files.items():
-        (tmp_path / index).mkdir()
-        for name, value in zip(("level", "type", "size"), values, strict=True):
-            (tmp_path / index / name).write_text(value + "\n")
-    assert train.cpu_l2_cache_bytes(tmp_path) == expected
-
-
-def test_the_hosts_l2_cache_is_what_lscpu_reports():
-    """The host's L2 per core against ``getconf``'s independent reading (glibc's sysconf)."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("getconf"):
-        pytest.skip("getconf is not installed")
-    done = subprocess.run(["getconf", "LEVEL2_CACHE_SIZE"], capture_output=True, text=True)
-    value = done.stdout.strip()
-    if done.returncode or not value.isdigit() or int(value) == 0:
-        pytest.skip(f"getconf does not know the L2 cache here ({value!r})")
-    assert train.cpu_l2_cache_bytes() == int(value)
-
-
-@pytest.mark.parametrize(("n", "batch_slices", "l2", "sizes"), [
-    (64, "auto", None, [16, 16, 16, 16]), (66, "auto", None, [16, 17, 16, 17]),
-    (63, "auto", None, [63]), (128, "auto", None, [16] * 8),
-    # the input, 3 float32 per example, is the largest activation: 16 rows fit in 192 bytes
-    (128, "auto", 192, [16] * 8), (128, "auto", 384, [32] * 4), (128, "auto", 100, [32] * 4),
-    (64, 1, None, [64]), (10, 3, None, [3, 3, 4])])
-def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, l2, sizes):
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
-    monkeypatch.setattr(slices_lib, "CPU_SLICE_ROWS", 16)  # the AVX2 rule, whatever the host
-    monkeypatch.setattr(slices_lib, "CPU_L2_BYTES", l2)
+    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)  # the AVX2 rule, whatever the host
     seen = []
     spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
     model = layers.serial(spy, layers.Flatten(), layers.Dense(2))
@@ -521,37 +463,11 @@ def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, l2,
                                  batch_slices=batch_slices)
     seen.clear()
     step(ts, (jnp.ones((n, 3)), jnp.zeros((n,), jnp.int32)))
-    # before the slices: at most the whole batch, traced for its shapes by summary
-    assert seen[len(seen) - len(sizes):] == sizes and set(seen[:len(seen) - len(sizes)]) <= {n}
-
-
-def test_auto_slices_fall_back_to_the_vector_rule_where_summary_cannot_walk_the_model(
-        monkeypatch):
-    """A speed heuristic must not stop a model that trains: where ``summary`` fails (a user's
-    layer it cannot walk), ``auto`` takes :data:`CPU_SLICE_ROWS` rows a slice."""
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
-    monkeypatch.setattr(slices_lib, "CPU_SLICE_ROWS", 32)
-    monkeypatch.setattr(slices_lib, "CPU_L2_BYTES", 192)  # would give 16 rows (see above)
-
-    def broken(*_):
-        raise TypeError("cannot walk this model")
-
-    monkeypatch.setattr(slices_lib, "summary", broken)
-    seen = []
-    spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
-    model = layers.serial(spy, layers.Flatten(), layers.Dense(2))
-    opt = optax.sgd(0.1)
-    ts = train.create_train_state(model, opt, jax.random.key(0), (None, 3))
-    assert train.batch_slices_for(model, 128, in_shape=(128, 3)) == 4
-    seen.clear()
-    ts, _ = train.make_train_step(model, losses.softmax_cross_entropy, opt)(
-        ts, (jnp.ones((128, 3)), jnp.zeros((128,), jnp.int32)))
-    assert seen == [32] * 4
+    assert seen == sizes  # each slice once: the model's own serial does not cut them again
 
 
 def test_auto_slices_train_a_model_that_is_spatial_again_after_global_pooling(monkeypatch):
     monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
-    monkeypatch.setattr(slices_lib, "CPU_L2_BYTES", 512 * 1024)
     model = layers.serial(layers.Conv(4, 3), layers.Relu(), layers.GlobalAvgPool(),
                           layers.Lambda(lambda x: x[:, None, None, :], per_example=True),
                           layers.Conv(3, 1), layers.Flatten())
@@ -561,7 +477,7 @@ def test_auto_slices_train_a_model_that_is_spatial_again_after_global_pooling(mo
     ts = train.create_train_state(model, opt, jax.random.key(0), (None, 6, 6, 1))
     loss = lambda p: losses.softmax_cross_entropy(model.apply(p, {}, x)[0], y)  # noqa: E731
     want = jax.tree.map(lambda p, g: p - 0.1 * g, ts.params, jax.grad(loss)(ts.params))
-    assert train.batch_slices_for(model, 64, in_shape=x.shape) == 4
+    assert train.batch_slices_for(model, 64) == 4
     got, _ = train.make_train_step(model, losses.softmax_cross_entropy, opt)(ts, (x, y))
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxcnn import cpu_conv
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.core import (
     Layer,
@@ -141,7 +142,12 @@ def _keys_each(names: Sequence[str]) -> Callable[[Key | None], dict[str, Key | N
 
 
 def serial(*layers: Layer, name: str | None = None) -> Layer:
-    """Layers one after another; params ``{child_name: child_params}``."""
+    """Layers one after another; params ``{child_name: child_params}``.
+
+    In training mode on the CPU, a serial of per-example layers computes a large batch as
+    :func:`jaxcnn.cpu_conv.batch_slices` slices whose outputs are concatenated: the same
+    function of the batch up to float rounding, which XLA's CPU runtime runs on both cores,
+    whoever writes the training step."""
     layers = _check_layers(layers, "Serial")
     names = child_names(layers, "Serial")
     named = tuple(zip(names, layers, strict=True))
@@ -160,10 +166,20 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
                 state[nm] = s
         return shape, params, state
 
-    apply = _wired_apply(named, branches, None, _keys_each(names))
+    wired = _wired_apply(named, branches, None, _keys_each(names))
+    per_example = _all_per_example(named)
+
+    def apply(params, state, x, *, key=None, train=False):
+        count = cpu_conv.batch_slices(x.shape[0]) if train and per_example else 1
+        if count == 1:
+            return wired(params, state, x, key=key, train=train)
+        with cpu_conv.whole_batch():
+            return cpu_conv.concat_slices(
+                lambda part: wired(params, state, part, key=key, train=train)[0], x,
+                count), state
+
     return make_layer(init, apply, LayerInfo("Serial", "serial", name, children=named,
-                                             per_example=_all_per_example(named),
-                                             branches=branches))
+                                             per_example=per_example, branches=branches))
 
 
 def parallel(*layers: Layer, combine: str = "concat", name: str | None = None) -> Layer:
