@@ -183,6 +183,14 @@ class Config:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"{name}: val_fraction={self.val_fraction!r} but it must lie in "
                               f"[0, 1); pass e.g. 0.1, or 0 for no validation split")
+        if self.warmup_epochs and self.schedule != "warmup_cosine":
+            raise ConfigError(f"{name}: warmup_epochs={self.warmup_epochs!r} applies to "
+                              f"schedule='warmup_cosine' only, but schedule={self.schedule!r}; "
+                              f"pass --schedule warmup_cosine, or --warmup-epochs 0")
+        if self.decay_epochs and self.schedule != "step":
+            raise ConfigError(f"{name}: decay_epochs={self.decay_epochs!r} applies to "
+                              f"schedule='step' only, but schedule={self.schedule!r}; pass "
+                              f"--schedule step, or leave decay_epochs unset")
         if self.early_stopping_patience and not self.val_fraction:
             raise ConfigError(f"{name}: early_stopping_patience={self.early_stopping_patience} "
                               f"needs a validation split to watch (the test split is for "

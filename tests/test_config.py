@@ -11,9 +11,10 @@ from jaxcnn.errors import ConfigError
 def test_override_parses_strings_to_field_types():
     cfg = C.override(C.Config(), {"epochs": "3", "lr": "0.5", "runs-dir": "out",
                                   "normalize": "false", "data_dir": "none",
-                                  "decay_epochs": "2,4", "warmup_epochs": 1})
+                                  "decay_epochs": "2,4", "schedule": "step"})
     assert (cfg.epochs, cfg.lr, cfg.runs_dir, cfg.normalize) == (3, 0.5, "out", False)
     assert cfg.data_dir is None and cfg.decay_epochs == (2, 4)
+    cfg = C.override(C.Config(), {"schedule": "warmup_cosine", "warmup_epochs": 1})
     assert cfg.warmup_epochs == 1.0 and isinstance(cfg.warmup_epochs, float)
 
 
@@ -50,7 +51,7 @@ def test_constructor_refuses_wrong_types_and_values():
 
 
 def test_json_round_trip_for_both_classes():
-    cfg = C.Config(experiment="x", decay_epochs=(3, 6), data_dir="/d")
+    cfg = C.Config(experiment="x", schedule="step", decay_epochs=(3, 6), data_dir="/d")
     assert C.from_json(C.to_json(cfg)) == cfg
     demo = C.FiltersConfig(images=("china.jpg",))
     assert C.from_json(C.to_json(demo)) == demo

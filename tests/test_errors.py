@@ -294,6 +294,9 @@ case("config-dataset-unknown")(lambda c: _command_line("--dataset", "imagenet"))
 case("config-image-size-builtin")(lambda c: _command_line("--image-size", "32"))
 case("config-label-smoothing")(lambda c: _command_line("--label-smoothing", "1"))
 case("config-ema-decay")(lambda c: _command_line("--ema-decay", "1"))
+case("config-warmup-without-schedule")(lambda c: _command_line("--warmup-epochs", "1"))
+case("config-decay-epochs-without-schedule")(
+    lambda c: _command_line("--decay-epochs", "2,4"))
 
 
 @case("config-augment-unknown")
