@@ -186,6 +186,27 @@ def jaxcnn_train(name: str, batch: int, steps: int, impl: str | None = None,
     return Runner(label, run)
 
 
+def _stepped(label: str, step_fn, params, opt_state, batch: int, steps: int) -> Runner:
+    """A hand-written loop: ``step_fn(params, opt_state, x, y) -> (params, opt_state, loss)``
+    jitted with its state donated, called once per device-resident batch."""
+    step_fn = jax.jit(step_fn, donate_argnums=(0, 1))
+    images, labels = _data(batch, steps)
+    batches = [(jnp.asarray(images[i * batch:(i + 1) * batch]),
+                jnp.asarray(labels[i * batch:(i + 1) * batch])) for i in range(steps)]
+    box = {"p": params, "o": opt_state}
+
+    def run() -> int:
+        p, o = box["p"], box["o"]
+        for x, y in batches:
+            p, o, loss = step_fn(p, o, x, y)
+        loss.block_until_ready()
+        box["p"], box["o"] = p, o
+        return batch * steps
+
+    run()
+    return Runner(label, run)
+
+
 def own_step_train(name: str, batch: int, steps: int) -> Runner:
     model = getattr(models, name)()
     optimizer = optax.sgd(LR, momentum=MOMENTUM)
@@ -200,22 +221,7 @@ def own_step_train(name: str, batch: int, steps: int) -> Runner:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    step_fn = jax.jit(step_fn, donate_argnums=(0, 1))
-    images, labels = _data(batch, steps)
-    batches = [(jnp.asarray(images[i * batch:(i + 1) * batch]),
-                jnp.asarray(labels[i * batch:(i + 1) * batch])) for i in range(steps)]
-    box = {"p": params, "o": optimizer.init(params)}
-
-    def run() -> int:
-        p, o = box["p"], box["o"]
-        for x, y in batches:
-            p, o, loss = step_fn(p, o, x, y)
-        loss.block_until_ready()
-        box["p"], box["o"] = p, o
-        return batch * steps
-
-    run()
-    return Runner("jaxcnn[own step]", run)
+    return _stepped("jaxcnn[own step]", step_fn, params, optimizer.init(params), batch, steps)
 
 
 def jaxcnn_infer(name: str, batch: int, steps: int, impl: str | None = None) -> Runner:
@@ -244,22 +250,7 @@ def raw_train(name: str, batch: int, steps: int) -> Runner:
         params = jax.tree.map(lambda p, v: p - LR * v, params, velocity)
         return params, velocity, loss
 
-    step_fn = jax.jit(step_fn, donate_argnums=(0, 1))
-    images, labels = _data(batch, steps)
-    batches = [(jnp.asarray(images[i * batch:(i + 1) * batch]),
-                jnp.asarray(labels[i * batch:(i + 1) * batch])) for i in range(steps)]
-    box = {"p": params, "v": velocity}
-
-    def run() -> int:
-        p, v = box["p"], box["v"]
-        for x, y in batches:
-            p, v, loss = step_fn(p, v, x, y)
-        loss.block_until_ready()
-        box["p"], box["v"] = p, v
-        return batch * steps
-
-    run()
-    return Runner("raw JAX", run)
+    return _stepped("raw JAX", step_fn, params, velocity, batch, steps)
 
 
 def raw_infer(name: str, batch: int, steps: int) -> Runner:
