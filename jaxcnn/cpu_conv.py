@@ -156,7 +156,9 @@ _WHOLE: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxcnn_whole_batc
 def whole_batch() -> Iterator[None]:
     """Inside this block :func:`batch_slices` is 1: for a caller that already computes the
     batch in slices (a model nested in a sliced one, a step with explicit ``batch_slices``),
-    so no slice is cut again."""
+    so no slice is cut again, or to train a model whole in a step of your own. Read when a
+    function is traced: a jitted function keeps what it was first traced with, so enter the
+    block inside the function, or around its first call."""
     token = _WHOLE.set(True)
     try:
         yield

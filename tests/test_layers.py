@@ -992,3 +992,37 @@ def test_serials_that_mix_examples_or_run_elsewhere_run_whole(monkeypatch):
         seen.clear()
         model.apply(params, state, x, key=jax.random.key(1), train=True)
         assert seen == [128], (impl, seen)
+
+
+def test_a_serial_that_mixes_examples_runs_its_nested_serials_whole(monkeypatch):
+    from jaxcnn import cpu_conv
+
+    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
+    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    seen: list[int] = []
+    model = L.serial(L.serial(_spied(seen), L.Flatten()), L.Dropout(0.5), L.Dense(2))
+    _, params, state = model.init(jax.random.key(0), (None, 3))
+    seen.clear()
+    model.apply(params, state, jnp.ones((128, 3)), key=jax.random.key(1), train=True)
+    assert seen == [128]
+
+
+def test_a_sliced_serial_returns_what_a_whole_one_returns(monkeypatch):
+    """The same state structure at any batch size, a scalar input in training mode, and an
+    error that names the batch it was given, not a slice of it."""
+    from jaxcnn import cpu_conv
+
+    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
+    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    model = L.serial(L.Flatten(), L.Dense(2))
+    _, params, state = model.init(jax.random.key(0), (None, 9, 9, 1))
+    for given in (state, None):  # None: no state at all, as a stateless model may be called
+        whole = model.apply(params, given, jnp.ones((8, 9, 9, 1)), train=True)[1]
+        y, sliced = model.apply(params, given, jnp.ones((128, 9, 9, 1)), train=True)
+        assert y.shape == (128, 2) and sliced == whole == {}
+    with pytest.raises(LayerError, match=r"\(128, 162\)"):
+        model.apply(params, state, jnp.ones((128, 9, 9, 2)), train=True)
+    sine = L.serial(L.Lambda(jnp.sin, per_example=True))
+    _, p, s = sine.init(jax.random.key(0), (None,))
+    np.testing.assert_allclose(sine.apply(p, s, jnp.float32(0.5), train=True)[0], np.sin(0.5),
+                               rtol=1e-6)

@@ -147,7 +147,8 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     In training mode on the CPU, a serial of per-example layers computes a large batch as
     :func:`jaxcnn.cpu_conv.batch_slices` slices whose outputs are concatenated: the same
     function of the batch up to float rounding, which XLA's CPU runtime runs on both cores,
-    whoever writes the training step."""
+    whoever writes the training step. A serial that is not per-example (BatchNorm, Dropout)
+    runs whole, the serials nested in it too."""
     layers = _check_layers(layers, "Serial")
     names = child_names(layers, "Serial")
     named = tuple(zip(names, layers, strict=True))
@@ -170,13 +171,26 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     per_example = _all_per_example(named)
 
     def apply(params, state, x, *, key=None, train=False):
-        count = cpu_conv.batch_slices(x.shape[0]) if train and per_example else 1
+        if not train:
+            return wired(params, state, x, key=key, train=train)
+        if not per_example:  # its batch is one: no nested serial cuts its own part of it
+            with cpu_conv.whole_batch():
+                return wired(params, state, x, key=key, train=train)
+        count = cpu_conv.batch_slices(x.shape[0]) if jnp.ndim(x) else 1
         if count == 1:
             return wired(params, state, x, key=key, train=train)
-        with cpu_conv.whole_batch():
-            return cpu_conv.concat_slices(
-                lambda part: wired(params, state, part, key=key, train=train)[0], x,
-                count), state
+        states = []
+
+        def part_of(part):
+            y, part_state = wired(params, state, part, key=key, train=train)
+            states.append(part_state)
+            return y
+
+        try:
+            with cpu_conv.whole_batch():
+                return cpu_conv.concat_slices(part_of, x, count), states[-1]
+        except LayerError:  # raised while tracing: again whole, for a message of the batch
+            return wired(params, state, x, key=key, train=train)
 
     return make_layer(init, apply, LayerInfo("Serial", "serial", name, children=named,
                                              per_example=per_example, branches=branches))
