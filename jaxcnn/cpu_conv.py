@@ -288,10 +288,13 @@ def _patches_t(x: Array, kh: int, kw: int, cfg: _Cfg, ho: int, wo: int) -> Array
 def concat_slices(fn, x: Array, parts: int) -> Array:
     """``fn`` over ``parts`` near-equal slices of the batch (1 <= parts <= N), concatenated:
     independent work that XLA's CPU runtime runs on different cores, where it runs most single
-    operations (a convolution among them) on one core."""
+    operations (a convolution among them) on one core. ``fn`` runs inside :func:`whole_batch`,
+    so no model it applies cuts a slice again."""
     n = x.shape[0]
     bounds = [n * k // parts for k in range(parts + 1)]
-    return jnp.concatenate([fn(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    with whole_batch():
+        return jnp.concatenate([fn(x[a:b])
+                                for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
 def _batch_split(fn, x: Array, parts: int) -> Array:

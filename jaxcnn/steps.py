@@ -183,15 +183,13 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
 
     def forward(params, state, images, key):
         count = slices.slice_count(model, images.shape[0], batch_slices)  # checked
-        # The step slices (or not) here, with the rule the model's own serials follow: they
-        # must not cut the batch, or a slice of it, again.
-        with cpu_conv.whole_batch():
-            if count == 1:
+        if count == 1:  # decided here: the model's own serials must not cut the batch
+            with cpu_conv.whole_batch():
                 return model.apply(params, state, images, key=key, train=True)
-            # A per-example model has no batch statistics to update: its state stays as it is.
-            return cpu_conv.concat_slices(
-                lambda x: model.apply(params, state, x, key=key, train=True)[0], images,
-                count), state
+        # A per-example model has no batch statistics to update: its state stays as it is.
+        return cpu_conv.concat_slices(
+            lambda x: model.apply(params, state, x, key=key, train=True)[0], images,
+            count), state
 
     def step(ts: TrainState, batch) -> tuple[TrainState, Metrics]:
         images, labels, mask = _unpack(batch)

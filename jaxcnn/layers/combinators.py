@@ -187,8 +187,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             return y
 
         try:
-            with cpu_conv.whole_batch():
-                return cpu_conv.concat_slices(part_of, x, count), states[-1]
+            return cpu_conv.concat_slices(part_of, x, count), states[-1]
         except LayerError:  # raised while tracing: again whole, for a message of the batch
             return wired(params, state, x, key=key, train=train)
 
