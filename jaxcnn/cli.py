@@ -33,18 +33,21 @@ things with the same message.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
-import importlib.util
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from jaxcnn import config as config_lib
 from jaxcnn.errors import ConfigError, JaxcnnError, RunError
+from jaxcnn.scripts import (
+    experiment_dirs,
+    find_experiments,
+    load_experiment,
+    resolve_experiment,
+)
 
 __all__ = ["find_experiments", "load_experiment", "main", "parse_overrides", "resolve_experiment",
            "run_main", "runs_table"]
@@ -184,88 +187,6 @@ def _finish(job) -> int:
     else:
         print(f"run {result.run_dir}: done")
     return EXIT_OK
-
-
-# ----------------------------------------------------------------------------------------------
-# Finding experiments
-
-
-def _builtin_dir() -> Path | None:
-    """The folder of the built-in experiments: the ``jaxcnn.experiments`` package, which is the
-    repo's ``experiments/`` folder in a source checkout or editable install and a copy in
-    site-packages after a plain ``pip install``; None when it cannot be found."""
-    try:
-        root = importlib.resources.files("jaxcnn.experiments")
-    except (ImportError, TypeError):
-        return None
-    if isinstance(root, Path):
-        return root
-    try:  # another kind of resource container: fall back to the package's own file
-        import jaxcnn.experiments as builtin
-    except ImportError:
-        return None
-    file = getattr(builtin, "__file__", None)
-    return Path(file).parent if file else None
-
-
-def _experiment_dirs() -> list[Path]:
-    """Where experiment names are looked up, in order: ``./experiments``, then the built-ins."""
-    dirs = [Path.cwd() / "experiments"]
-    builtin = _builtin_dir()
-    if builtin is not None and builtin.resolve() != dirs[0].resolve():
-        dirs.append(builtin)
-    return dirs
-
-
-def _scripts(folder: Path) -> list[Path]:
-    # Files starting with "_" (``__init__.py``, helpers) are not experiments.
-    if not folder.is_dir():
-        return []
-    return [p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_") and p.is_file()]
-
-
-def find_experiments() -> dict[str, Path]:
-    """``{name: script}`` of the experiment scripts in ``./experiments`` and the built-in ones
-    (package ``jaxcnn.experiments``); a script in the current folder's wins over a built-in."""
-    found: dict[str, Path] = {}
-    for folder in _experiment_dirs():
-        for p in _scripts(folder):
-            found.setdefault(p.stem, p)
-    return found
-
-
-def resolve_experiment(spec: str) -> Path:
-    """The script of experiment ``spec``: a path to a ``.py`` file, or a name looked up as
-    ``./experiments/<name>.py``, then among the built-in experiments (``jaxcnn list``)."""
-    path = Path(spec)
-    if spec.endswith(".py") or os.sep in spec or "/" in spec:
-        if path.is_file():
-            return path
-        raise ConfigError(f"experiment script {spec} does not exist; pass a path to an "
-                          f"experiment .py file or a name from: "
-                          f"{', '.join(find_experiments()) or 'none found'}")
-    if not spec.startswith("_"):
-        for folder in _experiment_dirs():
-            candidate = folder / f"{spec}.py"
-            if candidate.is_file():
-                return candidate
-    names = ", ".join(find_experiments()) or "none found"
-    looked = ", ".join(str(d) for d in _experiment_dirs())
-    raise ConfigError(f"experiment {spec!r} is not in {looked}; valid names are {names}, or "
-                      f"pass a path to a script")
-
-
-def load_experiment(spec: str) -> ModuleType:
-    """Import experiment ``spec`` (see :func:`resolve_experiment`); it must define
-    ``get_config()``."""
-    from jaxcnn.scripts import import_file
-
-    path = resolve_experiment(spec)
-    module = import_file(path)
-    if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"experiment script {path} has no get_config() function; define one "
-                          f"that returns a jaxcnn.config.Config")
-    return module
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, path in found.items():
                 print(f"{name:<20} {path}")
             if not found:
-                looked = ", ".join(str(d) for d in _experiment_dirs())
+                looked = ", ".join(str(d) for d in experiment_dirs())
                 print(f"no experiments found in {looked}", file=sys.stderr)
             return EXIT_OK
         if args.command == "resume":

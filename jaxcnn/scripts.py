@@ -1,5 +1,9 @@
-"""Experiment scripts and the user code they hold: importing a script, naming where a model,
-dataset or loss came from, and the copy of the script a run folder keeps.
+"""Experiment scripts and the user code they hold: finding a script by name, importing it,
+naming where a model, dataset or loss came from, and the copy of the script a run folder keeps.
+
+A name is looked up as ``./experiments/<name>.py``, then among the built-in experiments (the
+``jaxcnn.experiments`` package): :func:`find_experiments`, :func:`resolve_experiment`,
+:func:`load_experiment`.
 
 An experiment script defines ``get_config()`` and may define ``get_model(config)``,
 ``get_data(config)`` and ``get_loss(config)``. A run records each such function by its source
@@ -17,6 +21,7 @@ import contextlib
 import contextvars
 import hashlib
 import importlib
+import importlib.resources
 import importlib.util
 import os
 import shutil
@@ -28,8 +33,11 @@ from typing import Any
 
 from jaxcnn.errors import ConfigError, RunError
 
-__all__ = ["SCRIPT_DIR", "SCRIPT_MODULE_PREFIX", "copy_script", "import_file", "import_script",
-           "importing", "resolve", "sha256_file", "source_of"]
+__all__ = [
+    "SCRIPT_DIR", "SCRIPT_MODULE_PREFIX", "copy_script", "experiment_dirs", "find_experiments",
+    "import_file", "import_script", "importing", "load_experiment", "resolve",
+    "resolve_experiment", "sha256_file", "source_of",
+]
 
 #: The folder of a run folder that holds the copy of its experiment script.
 SCRIPT_DIR = "script"
@@ -175,3 +183,83 @@ def resolve(source: str, *, module: ModuleType | None = None) -> Any:
     if value is None:
         raise RunError(f"{source!r}: {where} has no {name}")
     return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding experiments
+
+
+def _builtin_dir() -> Path | None:
+    """The folder of the built-in experiments: the ``jaxcnn.experiments`` package, which is the
+    repo's ``experiments/`` folder in a source checkout or editable install and a copy in
+    site-packages after a plain ``pip install``; None when it cannot be found."""
+    try:
+        root = importlib.resources.files("jaxcnn.experiments")
+    except (ImportError, TypeError):
+        return None
+    if isinstance(root, Path):
+        return root
+    try:  # another kind of resource container: fall back to the package's own file
+        import jaxcnn.experiments as builtin
+    except ImportError:
+        return None
+    file = getattr(builtin, "__file__", None)
+    return Path(file).parent if file else None
+
+
+def experiment_dirs() -> list[Path]:
+    """Where experiment names are looked up, in order: ``./experiments``, then the built-ins."""
+    dirs = [Path.cwd() / "experiments"]
+    builtin = _builtin_dir()
+    if builtin is not None and builtin.resolve() != dirs[0].resolve():
+        dirs.append(builtin)
+    return dirs
+
+
+def _scripts(folder: Path) -> list[Path]:
+    # Files starting with "_" (``__init__.py``, helpers) are not experiments.
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_") and p.is_file()]
+
+
+def find_experiments() -> dict[str, Path]:
+    """``{name: script}`` of the experiment scripts in ``./experiments`` and the built-in ones
+    (package ``jaxcnn.experiments``); a script in the current folder's wins over a built-in."""
+    found: dict[str, Path] = {}
+    for folder in experiment_dirs():
+        for p in _scripts(folder):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def resolve_experiment(spec: str) -> Path:
+    """The script of experiment ``spec``: a path to a ``.py`` file, or a name looked up as
+    ``./experiments/<name>.py``, then among the built-in experiments (``jaxcnn list``)."""
+    path = Path(spec)
+    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+        if path.is_file():
+            return path
+        raise ConfigError(f"experiment script {spec} does not exist; pass a path to an "
+                          f"experiment .py file or a name from: "
+                          f"{', '.join(find_experiments()) or 'none found'}")
+    if not spec.startswith("_"):
+        for folder in experiment_dirs():
+            candidate = folder / f"{spec}.py"
+            if candidate.is_file():
+                return candidate
+    names = ", ".join(find_experiments()) or "none found"
+    looked = ", ".join(str(d) for d in experiment_dirs())
+    raise ConfigError(f"experiment {spec!r} is not in {looked}; valid names are {names}, or "
+                      f"pass a path to a script")
+
+
+def load_experiment(spec: str) -> ModuleType:
+    """Import experiment ``spec`` (see :func:`resolve_experiment`); it must define
+    ``get_config()``."""
+    path = resolve_experiment(spec)
+    module = import_file(path)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"experiment script {path} has no get_config() function; define one "
+                          f"that returns a jaxcnn.config.Config")
+    return module
