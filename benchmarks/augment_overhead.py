@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from batch_slices import random_data  # noqa: E402
 
-from jaxcnn import augment, memory, models  # noqa: E402
+from jaxcnn import augment, cpu, models  # noqa: E402
 from jaxcnn import train as train_lib  # noqa: E402
 from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
 
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     p.add_argument("--passes", type=int, default=10)
     p.add_argument("--steps", type=int, default=100, help="steps per epoch")
     args = p.parse_args(argv)
-    memory.keep_freed_memory()  # as the runner does
+    cpu.keep_freed_memory()  # as the runner does
     specs = ["", *[s.strip() for s in args.specs.split(";") if s.strip()]]
     print(f"{os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}); "
           f"{args.model} batch {args.batch}, {args.steps} steps an epoch; {args.passes} "

@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxcnn import memory, models  # noqa: E402
+from jaxcnn import cpu, models  # noqa: E402
 from jaxcnn import train as train_lib  # noqa: E402
 from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=0, help="steps per epoch (default: 2,560 // "
                    "batch, at least 2)")
     args = p.parse_args(argv)
-    memory.keep_freed_memory()  # as the runner does
+    cpu.keep_freed_memory()  # as the runner does
     values = list(dict.fromkeys(_value(s.strip()) for s in args.slices.split(",") if s.strip()))
     print(f"{os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}); "
           f"{args.passes} interleaved passes; load average {os.getloadavg()[0]:.2f}")

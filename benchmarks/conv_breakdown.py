@@ -1,5 +1,5 @@
 """Per-piece timings of the convolutions of simple_cnn and lenet5: forward, input gradient (dX)
-and weight gradient (dW), XLA's own against each formulation of :mod:`jaxcnn.cpu_conv`.
+and weight gradient (dW), XLA's own against each formulation of :mod:`jaxcnn.cpu.conv`.
 
     .venv/bin/python benchmarks/conv_breakdown.py                 # batch 128, all layers
     .venv/bin/python benchmarks/conv_breakdown.py --batch 1024 --layers simple_cnn/conv2
@@ -9,7 +9,7 @@ it) and ``scan`` (inside a ``lax.scan`` of ``--reps`` iterations over different 
 ``jaxcnn.train.make_epoch_fn`` runs it). Times are ms per call, medians over ``--passes``
 interleaved passes (the order rotates each pass), with GFLOP/s (2 x MACs of the piece; the
 ``xla`` forward of a 1-channel convolution and the like count the same FLOPs as any other).
-A ``*`` marks the formulation :func:`jaxcnn.cpu_conv.plan_for` picks.
+A ``*`` marks the formulation :func:`jaxcnn.cpu.plan_for` picks.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jaxcnn import cpu_conv as cc  # noqa: E402
+from jaxcnn.cpu import conv as cc  # noqa: E402
 
 # name: (H, W, C_in, C_out, k, padding) of each convolution, 28x28x1 inputs
 LAYERS = {

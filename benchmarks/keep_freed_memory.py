@@ -1,4 +1,4 @@
-"""What ``jaxcnn.memory.keep_freed_memory`` is worth: training images/s with and without it.
+"""What ``jaxcnn.cpu.keep_freed_memory`` is worth: training images/s with and without it.
 
     .venv/bin/python benchmarks/keep_freed_memory.py                  # the table in the README
     .venv/bin/python benchmarks/keep_freed_memory.py --models lenet5 --batches 128 --rounds 6
@@ -29,9 +29,9 @@ def child(models_: list[str], batches: list[int], images: int, epochs: int, keep
 
     from batch_slices import build, random_data  # this folder's; it imports jaxcnn
 
-    from jaxcnn import memory
+    from jaxcnn import cpu
 
-    applied = memory.keep_freed_memory() if keep else False
+    applied = cpu.keep_freed_memory() if keep else False
     out = {"applied": applied}
     for name in models_:
         for batch in batches:
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                 rates[side].setdefault(case, []).append(v)
         print(f"  round {r + 1} done", flush=True)
     if not applied:
-        print("note: keep_freed_memory() did not apply here (not Linux with glibc, or "
-              "JAXCNN_KEEP_FREED_MEMORY=0): both sides ran glibc's default")
+        print("note: keep_freed_memory() did not apply here (not Linux with glibc): both "
+              "sides ran glibc's default")
     print("\n| model | batch | default img/s | kept img/s | kept / default (median) | rounds "
           "won | page faults per step, default / kept |")
     print("|---|---:|---:|---:|---:|---:|---:|")

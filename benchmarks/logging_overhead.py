@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-from jaxcnn import cli, components, memory, registry, runs, train  # noqa: E402
+from jaxcnn import cli, components, cpu, registry, runs, train  # noqa: E402
 from jaxcnn import config as config_lib  # noqa: E402
 from jaxcnn import data as data_lib  # noqa: E402
 from jaxcnn.errors import DataError  # noqa: E402
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"passes: {args.passes} x {args.epochs} epochs per contender, order rotated each pass")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min)", flush=True)
     # The runner does this on the CPU; here it holds for bare and runner alike.
-    print(f"malloc keeps freed memory: {memory.keep_freed_memory()}", flush=True)
+    print(f"malloc keeps freed memory: {cpu.keep_freed_memory()}", flush=True)
 
     rows = []
     with tempfile.TemporaryDirectory() as runs_dir:

@@ -24,8 +24,8 @@ line), or left to finish its epochs:
   so both follow nearly the same trajectory and only speed differs. Each epoch it evaluates
   the test set only (what a plain loop needs to know its accuracy) and logs nothing.
 
-Both keep freed memory (``jaxcnn.memory.keep_freed_memory``, which the runner applies on the
-CPU; the torch worker calls it too); ``--default-malloc`` leaves glibc's default to both.
+Both keep freed memory (``jaxcnn.cpu.keep_freed_memory``, which the runner applies on the
+CPU; the torch worker calls it too; ``benchmarks/keep_freed_memory.py`` measures it alone).
 
 Rounds alternate the order. MNIST comes from ``$JAXCNN_DATA`` or ``../shared/data``.
 """
@@ -67,9 +67,10 @@ def _idx(path: Path) -> np.ndarray:
 
 def torch_worker(spec_path: str) -> None:
     """The plain PyTorch loop; prints one ``epoch k/N ... test_accuracy=A`` line per epoch."""
-    # As the runner does (unless JAXCNN_KEEP_FREED_MEMORY=0); loaded by path, so that this
+    # As the runner does; loaded by path (it imports only the standard library), so that this
     # process imports neither jaxcnn's package nor JAX.
-    loader = importlib.util.spec_from_file_location("_memory", ROOT / "jaxcnn" / "memory.py")
+    loader = importlib.util.spec_from_file_location("_memory",
+                                                    ROOT / "jaxcnn" / "cpu" / "memory.py")
     memory = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(memory)
     memory.keep_freed_memory()
@@ -214,9 +215,6 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--default-malloc", action="store_true",
-                   help="glibc's default malloc for both (default: both keep freed memory, "
-                        "jaxcnn.memory.keep_freed_memory, which the runner applies)")
     p.add_argument("--torch-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.torch_worker:
@@ -235,8 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"command: time_to_accuracy.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"target: test accuracy >= {args.target}; data: {folder}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min)")
-    print("malloc: " + ("glibc's default" if args.default_malloc else "keeps freed memory in "
-                        "both (jaxcnn.memory.keep_freed_memory)"), flush=True)
+    print("malloc: keeps freed memory in both (jaxcnn.cpu.keep_freed_memory)", flush=True)
     results: dict[str, list] = {"jaxcnn": [], "jaxcnn (cached)": [], "torch": []}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -248,8 +245,6 @@ def main(argv: list[str] | None = None) -> None:
             env = {k: v for k, v in os.environ.items()
                    if not k.startswith("JAX_COMPILATION_CACHE")}
             env.update(JAXCNN_CACHE=str(cache), JAXCNN_DATA=str(folder))
-            if args.default_malloc:
-                env["JAXCNN_KEEP_FREED_MEMORY"] = "0"  # jaxcnn.memory.ENV_VAR
             runner_cmd = [sys.executable, str(ROOT / "experiments" / "mnist_lenet5.py"),
                           "--runs-dir", str(tmp / "runs")]
             jobs = [("jaxcnn", runner_cmd), ("jaxcnn (cached)", runner_cmd),

@@ -9,14 +9,14 @@ Contenders, for each model (``simple_cnn``, ``lenet5``; 28x28x1 inputs, 10 class
 - ``jaxcnn``: what a user gets: ``train.make_train_step`` (softmax cross-entropy, Optax SGD with
   momentum 0.9) driven by ``train.make_epoch_fn(driver="scan")`` (a whole epoch of shuffled
   batches as one compiled ``lax.scan``); inference is ``jax.jit`` of ``model.apply``. Its
-  convolutions take the platform's default path (:mod:`jaxcnn.cpu_conv` on CPU).
+  convolutions take the platform's default path (:mod:`jaxcnn.cpu.conv` on CPU).
 - ``jaxcnn[own step]`` (training only): the jaxcnn model in the step a user writes by hand:
   ``jax.jit`` of ``jax.value_and_grad`` of the loss of ``model.apply(..., train=True)`` and an
   Optax update, one call per batch in a Python loop (buffers donated); the CPU batch slices
-  come from the model's own ``serial`` (:func:`jaxcnn.cpu_conv.batch_slices`).
+  come from the model's own ``serial`` (:func:`jaxcnn.cpu.batch_slices`).
 - ``jaxcnn[whole]`` (training only): the same with ``batch_slices=1``: each batch computed
   whole instead of in the slices ``make_train_step`` uses on a CPU, to show what they buy.
-- ``jaxcnn[xla]``: the same with ``JAXCNN_CONV_IMPL=xla`` while tracing, i.e. plain
+- ``jaxcnn[xla]``: the same with ``JAXCNN_CPU=off`` while tracing, i.e. plain
   ``lax.conv_general_dilated`` and its autodiff, to show what the CPU convolution buys.
 - ``raw JAX``: a hand-written model of the same architecture on ``lax.conv_general_dilated``,
   ``lax.reduce_window`` and ``@``, with hand-written SGD + momentum, one jitted step (buffers
@@ -65,7 +65,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jaxcnn import memory, models, summary  # noqa: E402
+from jaxcnn import cpu, models, summary  # noqa: E402
 from jaxcnn import train as train_lib  # noqa: E402
 from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
 
@@ -151,17 +151,13 @@ def _data(batch: int, steps: int, seed: int = 0):
 
 @contextlib.contextmanager
 def _conv_impl(impl: str | None):
-    """Set JAXCNN_CONV_IMPL while a contender is traced (jit traces on the first call)."""
-    old = os.environ.get("JAXCNN_CONV_IMPL")
-    if impl is not None:
-        os.environ["JAXCNN_CONV_IMPL"] = impl
-    try:
+    """Turn jaxcnn's CPU mechanisms off (``impl="xla"``) while a contender is traced (jit
+    traces on the first call)."""
+    if impl is None:
         yield
-    finally:
-        if old is None:
-            os.environ.pop("JAXCNN_CONV_IMPL", None)
-        else:
-            os.environ["JAXCNN_CONV_IMPL"] = old
+        return
+    with cpu.off():
+        yield
 
 
 def jaxcnn_train(name: str, batch: int, steps: int, impl: str | None = None,
@@ -440,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-whole", action="store_true",
                    help="skip jaxcnn[whole] (training without batch slices)")
     p.add_argument("--default-malloc", action="store_true",
-                   help="leave glibc's malloc as it is (default: jaxcnn.memory."
+                   help="leave glibc's malloc as it is (default: jaxcnn.cpu."
                         "keep_freed_memory(), as the runner does, for every contender)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: lenet5, batch 32, 1 pass of 0.2 s, no torch.compile, "
@@ -459,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     if torch is not None:
         torch.set_num_threads(cores)
     # As the runner does; it holds for every contender of this process, PyTorch's included.
-    kept = not args.default_malloc and memory.keep_freed_memory()
+    kept = not args.default_malloc and cpu.keep_freed_memory()
     header = [
         f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         f"machine: {lscpu_model()}, {cores} cores; jax {jax.__version__} "
@@ -471,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         f"command: {' '.join([os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])])}",
         f"passes: {args.passes} x {args.seconds:g} s per contender, order rotated each pass",
         f"load average at start: {os.getloadavg()[0]:.2f} (1 min)",
-        "malloc: " + ("keeps freed memory (jaxcnn.memory.keep_freed_memory), for every "
+        "malloc: " + ("keeps freed memory (jaxcnn.cpu.keep_freed_memory), for every "
                       "contender" if kept else "glibc's default"),
     ]
     print("\n".join(header), flush=True)

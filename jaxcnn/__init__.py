@@ -13,18 +13,18 @@ of :mod:`jaxcnn.cli`).
 import importlib
 from typing import Any
 
-from jaxcnn import errors, filters, layers, losses, models, ops
+from jaxcnn import cpu, errors, filters, layers, losses, models, ops
 from jaxcnn.layers import Layer
 from jaxcnn.summarize import Summary, SummaryRow, summary
 
 # Imported on first use: they pull in tensorboardX, scikit-learn or the runner, which code
 # that only composes layers should not pay for at import.
 _LAZY = ("augment", "checkpoint", "components", "config", "data", "distributed", "experiment",
-         "explain", "export", "memory", "registry", "runs", "scripts", "steps",
+         "explain", "export", "registry", "runs", "scripts", "steps",
          "tracking", "train", "trained", "visualize", "walk")
 
-__all__ = ["Layer", "Summary", "SummaryRow", "errors", "filters", "layers", "losses", "models",
-           "load", "ops", "summary", *_LAZY]
+__all__ = ["Layer", "Summary", "SummaryRow", "cpu", "errors", "filters", "layers", "losses",
+           "models", "load", "ops", "summary", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

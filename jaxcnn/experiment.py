@@ -47,7 +47,7 @@ import jax
 import numpy as np
 
 from jaxcnn import checkpoint as ckpt
-from jaxcnn import components, distributed, memory, registry, runs, scripts, steps, train
+from jaxcnn import components, cpu, distributed, registry, runs, scripts, steps, train
 from jaxcnn import config as config_lib
 from jaxcnn import data as data_lib
 from jaxcnn.components import Components, DataSpec, LossSpec, ModelSpec
@@ -129,12 +129,12 @@ def _data_parallel_mesh(config: Config) -> jax.sharding.Mesh | None:
 
 def _start_backend(config: Config) -> None:
     """Before anything compiles or starts JAX's backend: the compilation cache (JAX checks for
-    it once), the multi-process run, and on the CPU malloc keeping what it frees
-    (:mod:`jaxcnn.memory`), before the data are read."""
+    it once), the multi-process run, and malloc keeping what it frees (:mod:`jaxcnn.cpu.memory`)
+    where the CPU mechanisms are on (:func:`jaxcnn.cpu.enabled`), before the data are read."""
     setup_compilation_cache()
     _join_processes(config)
-    if jax.default_backend() == "cpu":
-        memory.keep_freed_memory()
+    if cpu.enabled():
+        cpu.keep_freed_memory()
 
 
 def _is_main(config: Config) -> bool:

@@ -16,9 +16,9 @@ JAX's serialization format needs the ``flatbuffers`` package on both sides.
 
 The program is lowered for every platform in ``platforms`` at once; a multi-platform program
 picks the lowering of the device it is called on. jaxcnn's CPU convolution
-(:mod:`jaxcnn.cpu_conv`) is chosen when the function is traced, so it is used only for a
+(:mod:`jaxcnn.cpu.conv`) is chosen when the function is traced, so it is used only for a
 CPU-only export (where it is on, as on a CPU machine); every other export is traced with
-XLA's own convolution (:func:`jaxcnn.cpu_conv.use_xla_conv`), which every platform runs. The
+XLA's own convolution (:func:`jaxcnn.cpu.off`), which every platform runs. The
 probabilities agree to float32 rounding either way.
 """
 
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export
 
-from jaxcnn import cpu_conv, ops
+from jaxcnn import cpu, ops
 from jaxcnn.checks import is_int
 from jaxcnn.layers import Layer
 from jaxcnn.typedefs import Params, State
@@ -101,7 +101,7 @@ def export_model(
         exported = lower(spec)
     else:
         # A program that also runs elsewhere must not carry the CPU-specific convolution.
-        with cpu_conv.use_xla_conv():
+        with cpu.off():
             exported = lower(spec)
     return bytes(exported.serialize())
 

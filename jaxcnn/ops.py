@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxcnn import cpu_conv
+from jaxcnn import cpu
 from jaxcnn.checks import is_int
 from jaxcnn.typedefs import Array, Padding
 
@@ -230,9 +230,9 @@ def conv2d(
                              f"{x.shape[2] + sum(pads[1])}; use a smaller kernel or more padding")
     dtype = jnp.result_type(x, w)
     x, w = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
-    if cpu_conv.enabled():
+    if cpu.enabled():
         # Same values; derivatives that XLA's CPU backend runs fast, also inside lax.scan.
-        y = cpu_conv.conv2d(x, w, strides=strides, pads=pads, dilation=dil, groups=groups)
+        y = cpu.conv2d(x, w, strides=strides, pads=pads, dilation=dil, groups=groups)
     else:
         y = lax.conv_general_dilated(
             x, w, window_strides=strides, padding=pads, rhs_dilation=dil,

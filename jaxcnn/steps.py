@@ -21,16 +21,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcnn import cpu_conv, distributed, slices
+from jaxcnn import cpu, distributed
 from jaxcnn import data as data_lib
-from jaxcnn.layers import Layer
+from jaxcnn.layers import Layer, layer_info
 from jaxcnn.losses import accuracy, softmax_cross_entropy
 from jaxcnn.typedefs import Array, Key, Params, Shape, State
+from jaxcnn.walk import first_not_per_example
 
 __all__ = [
-    "LossFn", "Metrics", "TrainState", "check_class_labels", "create_train_state",
-    "data_parallel_mesh", "evaluate", "learning_rate", "make_eval_step", "make_train_step",
-    "loss_caller", "takes_mask", "target_kind",
+    "LossFn", "Metrics", "TrainState", "batch_slices_for", "check_class_labels",
+    "create_train_state", "data_parallel_mesh", "evaluate", "learning_rate", "make_eval_step",
+    "make_train_step", "loss_caller", "takes_mask", "target_kind",
 ]
 
 LossFn = Callable[..., Array]
@@ -167,7 +168,7 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     gradient was NaN or infinite: then params, state and opt_state are left as they were) and,
     with ``optax.inject_hyperparams``, ``learning_rate``.
 
-    ``batch_slices`` (see :func:`jaxcnn.slices.batch_slices_for`): the model runs on that many
+    ``batch_slices`` (see :func:`batch_slices_for`): the model runs on that many
     slices of the batch, whose logits are concatenated before the loss. For a per-example model
     this is the same function of the whole batch (up to float rounding), but XLA's CPU runtime,
     which runs most operations on one core, then has independent forward and backward passes to
@@ -177,17 +178,17 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     the same); an int overrides it, 1 turns slicing off. A model that is not per-example
     refuses an int > 1.
     """
-    slices.check_batch_slices(model, batch_slices)
+    _check_batch_slices(model, batch_slices)
     call_loss = loss_caller(loss_fn, "make_train_step")
     opt = optax.with_extra_args_support(optimizer)
 
     def forward(params, state, images, key):
-        count = slices.slice_count(model, images.shape[0], batch_slices)  # checked
+        count = _slice_count(model, images.shape[0], batch_slices)  # checked
         if count == 1:  # decided here: the model's own serials must not cut the batch
-            with cpu_conv.whole_batch():
+            with cpu.whole_batch():
                 return model.apply(params, state, images, key=key, train=True)
         # A per-example model has no batch statistics to update: its state stays as it is.
-        return cpu_conv.concat_slices(
+        return cpu.concat_slices(
             lambda x: model.apply(params, state, x, key=key, train=True)[0], images,
             count), state
 
@@ -223,6 +224,45 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
         return new_ts, metrics
 
     return jax.jit(step) if jit else step
+
+
+def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "auto") -> int:
+    """How many slices :func:`make_train_step` computes a batch of ``batch_size`` in.
+
+    ``"auto"``: for a per-example model (:class:`jaxcnn.layers.LayerInfo`),
+    :func:`jaxcnn.cpu.batch_slices`: from batch 64 on, where jaxcnn's CPU convolution is on
+    and there is one device, the largest power of two of slices with at least
+    :data:`jaxcnn.cpu.SLICE_ROWS` rows each (32 with AVX-512, else 16), at least 4 and
+    at most 16; else 1. Slices of 64 rows or more split each of their convolutions once more, in
+    4 (:func:`jaxcnn.cpu.plan_for`). An int is used as given (at most the batch); with a
+    batch sharded over several devices its slices would cut across the shards, which costs
+    transfers between devices, so keep ``"auto"`` there.
+    """
+    _check_batch_slices(model, batch_slices)
+    return _slice_count(model, batch_size, batch_slices)
+
+
+def _slice_count(model: Layer, batch_size: int, batch_slices: int | str) -> int:
+    """:func:`batch_slices_for` for an already checked ``batch_slices``."""
+    if batch_slices == "auto":
+        return cpu.batch_slices(batch_size) if layer_info(model).per_example else 1
+    return max(1, min(int(batch_slices), batch_size))
+
+
+def _check_batch_slices(model: Layer, batch_slices: Any) -> None:
+    if batch_slices == "auto":
+        return
+    if isinstance(batch_slices, bool) or not isinstance(batch_slices, int | np.integer) or (
+            batch_slices < 1):
+        raise ValueError(f"make_train_step: batch_slices must be 'auto' or an int >= 1, got "
+                         f"{batch_slices!r}")
+    if batch_slices > 1 and not layer_info(model).per_example:
+        raise ValueError(
+            f"make_train_step: batch_slices={batch_slices} computes each slice of the batch on "
+            f"its own, which changes the result of a layer that mixes examples or draws random "
+            f"numbers; {first_not_per_example(model)} is not per-example (BatchNorm, Dropout with "
+            f"rate > 0, a Lambda without per_example=True and a user's own Layer are not); use "
+            f"batch_slices=1 or 'auto'")
 
 
 def data_parallel_mesh(devices: list | None = None, axis: str = "data") -> jax.sharding.Mesh:

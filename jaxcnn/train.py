@@ -43,7 +43,6 @@ from jaxcnn import checkpoint as ckpt
 from jaxcnn import data as data_lib
 from jaxcnn import distributed
 from jaxcnn.checks import is_int
-from jaxcnn.cpu_conv import CPU_MAX_SLICES, CPU_MIN_SLICED_BATCH, CPU_SLICE_ROWS, cpu_slice_rows
 from jaxcnn.early_stopping import EarlyStopping, should_stop
 from jaxcnn.ema import ema_of
 from jaxcnn.epoch_images import EpochImages, conv_kernels
@@ -53,10 +52,10 @@ from jaxcnn.layers import Layer
 from jaxcnn.losses import softmax_cross_entropy
 from jaxcnn.progress import EpochBar, in_notebook
 from jaxcnn.signals import StopSignals
-from jaxcnn.slices import batch_slices_for
 from jaxcnn.steps import (
     LossFn,
     TrainState,
+    batch_slices_for,
     check_class_labels,
     create_train_state,
     data_parallel_mesh,
@@ -70,9 +69,8 @@ from jaxcnn.steps import (
 from jaxcnn.tracking import MetricWriter, MultiWriter
 
 __all__ = [
-    "CPU_MAX_SLICES", "CPU_MIN_SLICED_BATCH", "CPU_SLICE_ROWS", "SCAN_MAX_BYTES",
-    "EarlyStopping", "Loop", "TrainState", "batch_slices_for", "conv_kernels",
-    "cpu_slice_rows", "create_train_state", "data_parallel_mesh", "evaluate", "fit",
+    "SCAN_MAX_BYTES", "EarlyStopping", "Loop", "TrainState", "batch_slices_for", "conv_kernels",
+    "create_train_state", "data_parallel_mesh", "evaluate", "fit",
     "in_notebook", "learning_rate", "make_epoch_fn", "make_eval_step", "make_train_step",
     "should_stop",
 ]

@@ -1,7 +1,7 @@
 """Shared pytest configuration: the ``requires_cpu_backend`` marker.
 
 Most tests hold on any JAX backend. Some test what only the CPU backend runs (jaxcnn's CPU
-execution plan: :mod:`jaxcnn.cpu_conv`'s plans and batch slices, which ``JAXCNN_CONV_IMPL=auto``
+mechanisms: :mod:`jaxcnn.cpu`'s convolution plans and batch slices, which ``JAXCNN_CPU=auto``
 turns on only there) or compare this process's numbers with runs that subprocesses make on CPU
 devices. Mark those ``@pytest.mark.requires_cpu_backend(reason="...")`` (or a module's
 ``pytestmark``): on a host whose default backend is not the CPU they are skipped with that

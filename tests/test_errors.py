@@ -238,9 +238,9 @@ case("batch-slices-not-per-example")(lambda c: train.make_train_step(
     optax.sgd(0.1), batch_slices=4))
 
 
-@case("conv-impl-variable")
+@case("cpu-variable")
 def _(c):
-    c.monkeypatch.setenv("JAXCNN_CONV_IMPL", "gpu")
+    c.monkeypatch.setenv("JAXCNN_CPU", "gpu")
     return ops.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)))
 
 

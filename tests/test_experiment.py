@@ -49,11 +49,14 @@ def full_run(tmp_path_factory):
     return result, memory
 
 
-def test_the_runner_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
+@pytest.mark.parametrize("switch", ["auto", "off"])
+def test_the_runner_keeps_freed_memory_where_the_cpu_mechanisms_are_on(tmp_path, monkeypatch,
+                                                                      switch):
     calls = []
-    monkeypatch.setattr(experiment.memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(experiment.cpu, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setenv("JAXCNN_CPU", switch)
     experiment.run(_tiny(tmp_path, epochs=1), progress=False)
-    assert calls == ([1] if jax.default_backend() == "cpu" else [])
+    assert calls == ([1] if jax.default_backend() == "cpu" and switch == "auto" else [])
 
 
 def test_a_progress_bar_per_epoch_shows_loss_and_accuracy(tmp_path, capsys):

@@ -6,7 +6,7 @@ devices from ``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and the dis
 through the command line in subprocesses, all started at once; the single-device reference
 runs here meanwhile, from the same config.
 
-All four runs use XLA's own convolution (``JAXCNN_CONV_IMPL=xla``) and RBG keys
+All four runs use XLA's own convolution (``JAXCNN_CPU=off``) and RBG keys
 (``jax_default_prng_impl=rbg``): compiling, not training, is what these runs spend their time
 on, and jaxcnn's CPU convolution (which splits the batch into slices) and threefry's key
 derivation take several times longer to compile for 8 partitions. Neither changes what the
@@ -56,7 +56,7 @@ def _env(cache: Path, devices: int, **extra: str) -> dict[str, str]:
     flags = env.get("XLA_FLAGS", "")
     env.update(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
                JAX_PLATFORMS="cpu", JAXCNN_CACHE=str(cache), PYTHONPATH=str(ROOT),
-               JAXCNN_CONV_IMPL="xla", JAX_DEFAULT_PRNG_IMPL="rbg", **extra)
+               JAXCNN_CPU="off", JAX_DEFAULT_PRNG_IMPL="rbg", **extra)
     return env
 
 
@@ -100,7 +100,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     try:
         config = config_lib.override(Config(), {**OVERRIDES, "runs_dir": str(dirs["single"])})
         with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("JAXCNN_CONV_IMPL", "xla")
+            mp.setenv("JAXCNN_CPU", "off")
             jax.config.update("jax_default_prng_impl", "rbg")
             experiment.run(config, progress=False)
     finally:

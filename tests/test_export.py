@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax import export, lax
 
-from jaxcnn import cpu_conv, models, ops
+from jaxcnn import cpu, models, ops
 from jaxcnn import layers as L
 from jaxcnn.export import export_model
 
@@ -153,15 +153,15 @@ def test_a_program_for_cuda_carries_xlas_own_convolution(monkeypatch):
     params, state = _trained(model, (28, 28, 1))
 
     def convs(impl, platforms):
-        monkeypatch.setenv(cpu_conv.ENV_VAR, impl)
+        monkeypatch.setenv(cpu.ENV_VAR, impl)
         return _convolutions(export_model(model, params, state, input_shape=(28, 28, 1),
                                           platforms=platforms))
 
-    plain = convs("xla", ("cpu",))
+    plain = convs("off", ("cpu",))
     assert len(plain) == 2
-    assert convs("cpu", ("cpu", "cuda")) == plain
-    assert convs("cpu", ("cuda",)) == plain
-    assert convs("cpu", ("cpu",)) != plain
+    assert convs("on", ("cpu", "cuda")) == plain
+    assert convs("on", ("cuda",)) == plain
+    assert convs("on", ("cpu",)) != plain
 
 
 def _lax(x, w):
@@ -176,7 +176,7 @@ def _lax(x, w):
 def test_the_cpu_convolution_exports_at_a_symbolic_batch(monkeypatch, cin, cout):
     """Forward and gradient, traced with the CPU path at a symbolic batch, then called at a
     batch below and one above the size where a concrete batch is split into slices."""
-    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
     rng = np.random.default_rng(cin)
     w = jnp.asarray(rng.uniform(-1, 1, (3, 3, cin, cout)), jnp.float32)
 
@@ -207,11 +207,11 @@ def test_plan_for_accepts_a_batch_that_is_not_an_int():
     x = jax.ShapeDtypeStruct((b, 14, 14, 32), jnp.float32)
     w = jax.ShapeDtypeStruct((3, 3, 32, 64), jnp.float32)
     for batch in (b, None):
-        assert isinstance(cpu_conv.plan_for((batch, 14, 14, 32), w.shape), cpu_conv.Plan)
-    plan = cpu_conv.plan_for(x.shape, w.shape)
+        assert isinstance(cpu.plan_for((batch, 14, 14, 32), w.shape), cpu.Plan)
+    plan = cpu.plan_for(x.shape, w.shape)
 
     def conv(x, w):
-        return cpu_conv.conv2d(x, w, strides=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1),
+        return cpu.conv2d(x, w, strides=(1, 1), pads=((1, 1), (1, 1)), dilation=(1, 1),
                                plan=plan)
 
     assert jax.eval_shape(conv, x, w).shape == (b, 14, 14, 64)
@@ -219,17 +219,17 @@ def test_plan_for_accepts_a_batch_that_is_not_an_int():
     assert (dx.shape, dw.shape) == (x.shape, w.shape)
 
 
-def test_use_xla_conv_overrides_the_variable_inside_the_block_only(monkeypatch):
-    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
+def test_cpu_off_overrides_the_variable_inside_the_block_only(monkeypatch):
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
     x, w = jnp.ones((1, 5, 5, 1)), jnp.ones((3, 3, 1, 2))
 
     def custom(fn):
         return "custom_jvp_call" in str(jax.make_jaxpr(fn)(x, w))
 
-    with cpu_conv.use_xla_conv():
-        assert not cpu_conv.enabled()
+    with cpu.off():
+        assert not cpu.enabled()
         assert not custom(lambda x, w: ops.conv2d(x, w))
-    assert cpu_conv.enabled() and custom(lambda x, w: ops.conv2d(x, w))
+    assert cpu.enabled() and custom(lambda x, w: ops.conv2d(x, w))
 
 
 # ----------------------------------------------------------------------------- errors

@@ -934,12 +934,12 @@ def _spied(seen: list[int]) -> L.Layer:
 
 def test_a_hand_written_step_gets_the_serials_batch_slices(monkeypatch):
     """A plain ``jax.value_and_grad`` of the model's loss (no make_train_step) runs a
-    per-example serial in :func:`jaxcnn.cpu_conv.batch_slices` slices in training mode, with
+    per-example serial in :func:`jaxcnn.cpu.batch_slices` slices in training mode, with
     the whole batch's value and gradients up to float rounding; inference runs whole."""
-    from jaxcnn import cpu_conv
+    from jaxcnn import cpu
 
-    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
-    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
     seen: list[int] = []
     model = L.serial(_spied(seen), L.Conv(4, 3, padding="SAME"), L.Relu(), L.Flatten(),
                      L.Dense(3))
@@ -955,7 +955,7 @@ def test_a_hand_written_step_gets_the_serials_batch_slices(monkeypatch):
     sliced = jax.value_and_grad(loss)(params, True)
     assert seen == [16] * 8
     seen.clear()
-    with cpu_conv.whole_batch():
+    with cpu.whole_batch():
         whole = jax.value_and_grad(loss)(params, True)
     assert seen == [128]
     for a, b in zip(jax.tree.leaves(sliced), jax.tree.leaves(whole), strict=True):
@@ -966,10 +966,10 @@ def test_a_hand_written_step_gets_the_serials_batch_slices(monkeypatch):
 
 
 def test_a_nested_serial_does_not_slice_its_slices_again(monkeypatch):
-    from jaxcnn import cpu_conv
+    from jaxcnn import cpu
 
-    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
-    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
     seen: list[int] = []
     model = L.serial(L.serial(_spied(seen), L.Flatten()), L.Dense(2))
     _, params, state = model.init(jax.random.key(0), (None, 3))
@@ -979,15 +979,15 @@ def test_a_nested_serial_does_not_slice_its_slices_again(monkeypatch):
 
 
 def test_serials_that_mix_examples_or_run_elsewhere_run_whole(monkeypatch):
-    from jaxcnn import cpu_conv
+    from jaxcnn import cpu
 
-    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
     seen: list[int] = []
     x = jnp.ones((128, 3))
-    for model, impl in ((L.serial(_spied(seen), L.Dropout(0.5)), "cpu"),
-                        (L.serial(_spied(seen), L.BatchNorm()), "cpu"),
-                        (L.serial(_spied(seen), L.Relu()), "xla")):
-        monkeypatch.setenv(cpu_conv.ENV_VAR, impl)
+    for model, impl in ((L.serial(_spied(seen), L.Dropout(0.5)), "on"),
+                        (L.serial(_spied(seen), L.BatchNorm()), "on"),
+                        (L.serial(_spied(seen), L.Relu()), "off")):
+        monkeypatch.setenv(cpu.ENV_VAR, impl)
         _, params, state = model.init(jax.random.key(0), (None, 3))
         seen.clear()
         model.apply(params, state, x, key=jax.random.key(1), train=True)
@@ -995,10 +995,10 @@ def test_serials_that_mix_examples_or_run_elsewhere_run_whole(monkeypatch):
 
 
 def test_a_serial_that_mixes_examples_runs_its_nested_serials_whole(monkeypatch):
-    from jaxcnn import cpu_conv
+    from jaxcnn import cpu
 
-    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
-    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
     seen: list[int] = []
     model = L.serial(L.serial(_spied(seen), L.Flatten()), L.Dropout(0.5), L.Dense(2))
     _, params, state = model.init(jax.random.key(0), (None, 3))
@@ -1010,10 +1010,10 @@ def test_a_serial_that_mixes_examples_runs_its_nested_serials_whole(monkeypatch)
 def test_a_sliced_serial_returns_what_a_whole_one_returns(monkeypatch):
     """The same state structure at any batch size, a scalar input in training mode, and an
     error that names the batch it was given, not a slice of it."""
-    from jaxcnn import cpu_conv
+    from jaxcnn import cpu
 
-    monkeypatch.setenv(cpu_conv.ENV_VAR, "cpu")
-    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
     model = L.serial(L.Flatten(), L.Dense(2))
     _, params, state = model.init(jax.random.key(0), (None, 9, 9, 1))
     for given in (state, None):  # None: no state at all, as a stateless model may be called

@@ -640,12 +640,13 @@ def _lax_conv(x, w, pads, groups=1):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("impl", ["cpu", "xla"])
+@pytest.mark.parametrize("impl", ["on", "off"])
 @pytest.mark.parametrize("cin", [1, 3])
 def test_conv2d_promotes_mixed_dtypes_on_every_path(cin, impl, monkeypatch):
     """float16 images with a float32 kernel: both promoted to float32, the taps (1 channel) and
-    lax (3 channels, or impl=xla) paths alike, the gradients in their operand's dtype."""
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", impl)
+    lax (3 channels, or the CPU mechanisms off) paths alike, the gradients in their operand's
+    dtype."""
+    monkeypatch.setenv("JAXCNN_CPU", impl)
     rng = _rng("mixed-dtypes", cin)
     x = jnp.asarray(_uniform(rng, (2, 6, 6, cin)), jnp.float16)
     w, b = _f32(_uniform(rng, (3, 3, cin, 2))), _f32(_uniform(rng, (2,)))

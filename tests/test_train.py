@@ -1,7 +1,5 @@
 """Training steps, drivers and evaluation against hand computations."""
 
-import importlib
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import cpu_conv, data, layers, losses, models, steps, train
+from jaxcnn import cpu, data, layers, losses, models, steps, train
 
 
 def _toy(n=96, seed=0):
@@ -403,39 +401,14 @@ def test_batch_slices_give_the_whole_batch_gradient(n, slices):
     assert not np.array_equal(ts1.params["conv1"]["w"], ts.params["conv1"]["w"])
 
 
-def test_cpu_slice_rows_follow_the_vector_width(monkeypatch):
-    assert train.cpu_slice_rows({"AVX512F": True, "AVX2": True}) == 32
-    assert train.cpu_slice_rows({"AVX512F": False, "AVX2": True}) == 16
-    assert train.cpu_slice_rows({}) == 16  # e.g. an ARM CPU
-    # Without a table, NumPy's runtime one is read: the host's, edited here to each case.
-    try:
-        table = importlib.import_module("numpy._core._multiarray_umath").__cpu_features__
-    except (ImportError, AttributeError):  # NumPy 1.x
-        table = importlib.import_module("numpy.core._multiarray_umath").__cpu_features__
-    for avx512, rows in ((True, 32), (False, 16)):
-        with monkeypatch.context() as patched:
-            patched.setitem(table, "AVX512F", avx512)
-            assert train.cpu_slice_rows() == rows
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = ({f for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
-              for f in line.split(":", 1)[1].split()} if cpuinfo.exists() else set())
-    if not flags:
-        pytest.skip("no /proc/cpuinfo flags to check the host's rows against")
-    # The host's own answer, independently of NumPy's table, for the function and the constant
-    # the step uses.
-    want = 32 if "avx512f" in flags else 16
-    assert train.cpu_slice_rows() == want
-    assert train.CPU_SLICE_ROWS == want
-
-
 @pytest.mark.parametrize(("rows", "table"), [
     (16, ((64, 4), (127, 4), (128, 8), (255, 8), (256, 16), (1024, 16))),
     (32, ((64, 4), (127, 4), (128, 4), (255, 4), (256, 8), (511, 8), (512, 16), (4096, 16)))])
 def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch, rows, table):
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")  # as on a CPU, whatever runs the tests
-    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", rows)
+    monkeypatch.setenv("JAXCNN_CPU", "on")  # as on a CPU, whatever runs the tests
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", rows)
     lenet = models.lenet5()
-    assert train.CPU_MAX_SLICES == 16 and train.CPU_MIN_SLICED_BATCH == 64
+    assert cpu.MAX_SLICES == 16 and cpu.MIN_SLICED_BATCH == 64
     for batch, slices in table:
         assert train.batch_slices_for(lenet, batch) == slices, batch
         assert train.batch_slices_for(lenet, np.int64(batch)) == slices, batch
@@ -444,7 +417,7 @@ def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch, row
     assert train.batch_slices_for(_tiny_model(), 128) == 1  # Dropout draws per batch
     assert train.batch_slices_for(lenet, 128, 3) == 3
     assert train.batch_slices_for(lenet, 2, 3) == 2
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "xla")  # XLA's own convolutions (GPU, TPU): whole
+    monkeypatch.setenv("JAXCNN_CPU", "off")  # XLA's own convolutions (GPU, TPU): whole
     assert train.batch_slices_for(lenet, 128) == 1
 
 
@@ -452,8 +425,8 @@ def test_batch_slices_auto_splits_per_example_models_on_one_cpu(monkeypatch, row
     (64, "auto", [16, 16, 16, 16]), (66, "auto", [16, 17, 16, 17]), (63, "auto", [63]),
     (128, "auto", [16] * 8), (64, 1, [64]), (10, 3, [3, 3, 4])])
 def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, sizes):
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
-    monkeypatch.setattr(cpu_conv, "CPU_SLICE_ROWS", 16)  # the AVX2 rule, whatever the host
+    monkeypatch.setenv("JAXCNN_CPU", "on")
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)  # the AVX2 rule, whatever the host
     seen = []
     spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
     model = layers.serial(spy, layers.Flatten(), layers.Dense(2))
@@ -467,7 +440,7 @@ def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, siz
 
 
 def test_auto_slices_train_a_model_that_is_spatial_again_after_global_pooling(monkeypatch):
-    monkeypatch.setenv("JAXCNN_CONV_IMPL", "cpu")
+    monkeypatch.setenv("JAXCNN_CPU", "on")
     model = layers.serial(layers.Conv(4, 3), layers.Relu(), layers.GlobalAvgPool(),
                           layers.Lambda(lambda x: x[:, None, None, :], per_example=True),
                           layers.Conv(3, 1), layers.Flatten())

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcnn import cpu_conv
+from jaxcnn import cpu
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.core import (
     Layer,
@@ -145,7 +145,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     """Layers one after another; params ``{child_name: child_params}``.
 
     In training mode on the CPU, a serial of per-example layers computes a large batch as
-    :func:`jaxcnn.cpu_conv.batch_slices` slices whose outputs are concatenated: the same
+    :func:`jaxcnn.cpu.batch_slices` slices whose outputs are concatenated: the same
     function of the batch up to float rounding, which XLA's CPU runtime runs on both cores,
     whoever writes the training step. A serial that is not per-example (BatchNorm, Dropout)
     runs whole, the serials nested in it too."""
@@ -174,9 +174,9 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         if not train:
             return wired(params, state, x, key=key, train=train)
         if not per_example:  # its batch is one: no nested serial cuts its own part of it
-            with cpu_conv.whole_batch():
+            with cpu.whole_batch():
                 return wired(params, state, x, key=key, train=train)
-        count = cpu_conv.batch_slices(x.shape[0]) if jnp.ndim(x) else 1
+        count = cpu.batch_slices(x.shape[0]) if jnp.ndim(x) else 1
         if count == 1:
             return wired(params, state, x, key=key, train=train)
         states = []
@@ -187,7 +187,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             return y
 
         try:
-            return cpu_conv.concat_slices(part_of, x, count), states[-1]
+            return cpu.concat_slices(part_of, x, count), states[-1]
         except LayerError:  # raised while tracing: again whole, for a message of the batch
             return wired(params, state, x, key=key, train=train)
 

@@ -14,14 +14,9 @@ preloaded); this gets part of its effect from glibc itself, with ``mallopt``.
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 
-__all__ = ["ENV_VAR", "keep_freed_memory"]
-
-#: Set to ``0`` to leave glibc's ``malloc`` as it is (the runner then does not call
-#: :func:`keep_freed_memory`).
-ENV_VAR = "JAXCNN_KEEP_FREED_MEMORY"
+__all__ = ["keep_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -34,14 +29,15 @@ def keep_freed_memory() -> bool:
     (``M_TRIM_THRESHOLD``). Process-wide and for the rest of the process; the cost is that the
     process keeps its peak heap instead of returning freed memory to the system.
 
-    Returns whether it applied: False off Linux, with another C library (musl), or when
-    ``JAXCNN_KEEP_FREED_MEMORY=0``. Calling it again does nothing more. With another allocator
-    preloaded (jemalloc, tcmalloc) glibc's settings are moot: it still returns True.
+    Returns whether it applied: False off Linux or with another C library (musl). Calling it
+    again does nothing more. With another allocator preloaded (jemalloc, tcmalloc) glibc's
+    settings are moot: it still returns True. The runner calls it where
+    :func:`jaxcnn.cpu.enabled`; this module imports only the standard library.
     """
     global _applied
     if _applied:
         return True
-    if os.environ.get(ENV_VAR, "1").strip() == "0" or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None)

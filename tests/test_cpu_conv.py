@@ -1,4 +1,4 @@
-"""jaxcnn.cpu_conv against ``lax.conv_general_dilated`` and JAX's own derivatives of it.
+"""jaxcnn.cpu.conv against ``lax.conv_general_dilated`` and JAX's own derivatives of it.
 
 Every formulation (forward: lax, taps; input gradient: conv, gemm; weight gradient: conv,
 gemm) over a sweep of kernel sizes, strides, paddings (SAME, VALID, asymmetric explicit),
@@ -24,13 +24,13 @@ import pytest
 from jax import lax
 from jax.test_util import check_grads
 
-from jaxcnn import cpu_conv as cc
-from jaxcnn import models, ops, registry
+from jaxcnn import cpu, models, ops, registry
+from jaxcnn.cpu import conv as cc
 
 # The plans, the dispatch switch (auto means the CPU backend) and the compile counts are the
 # CPU backend's.
 pytestmark = pytest.mark.requires_cpu_backend(
-    reason="the CPU execution plan (cpu_conv's plans) is only used on the CPU backend")
+    reason="the CPU execution plan (jaxcnn.cpu.conv's plans) is only used on the CPU backend")
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 CANONICAL = ("NHWC", "HWIO", "NHWC")
@@ -209,12 +209,12 @@ PLAN_TOL = {"rtol": 1e-4, "atol": 1e-5}  # atol scaled by the largest magnitude,
 
 def _model_cases(model: str, hwc: tuple[int, int, int], batch: int) -> list[tuple]:
     """Every distinct convolution of ``model`` applied to (batch, *hwc), as a case tuple: read
-    from the program JAX traces with plain ``lax.conv_general_dilated`` (use_xla_conv)."""
+    from the program JAX traces with plain ``lax.conv_general_dilated`` (jaxcnn.cpu.off)."""
     net = models.resnet20(shortcut="B") if model == "resnet20-B" else \
         registry.build_model(model, 10)
     params, state = jax.eval_shape(lambda k: net.init(k, (batch, *hwc))[1:], jax.random.key(0))
     x = jax.ShapeDtypeStruct((batch, *hwc), jnp.float32)
-    with cc.use_xla_conv():
+    with cpu.off():
         jaxpr = jax.make_jaxpr(lambda p, s, x: net.apply(p, s, x)[0])(params, state, x).jaxpr
 
     def convs(jaxpr):
@@ -297,22 +297,22 @@ def _uses_custom_path(fn, *args) -> bool:
     return "custom_jvp_call" in str(jax.make_jaxpr(fn)(*args))
 
 
-@pytest.mark.parametrize("impl, expected", [("cpu", True), ("xla", False), ("auto", True),
-                                            ("", True), (" CPU ", True)])
-def test_jaxcnn_conv_impl_picks_the_path(monkeypatch, impl, expected):
-    monkeypatch.setenv(cc.ENV_VAR, impl)
+@pytest.mark.parametrize("impl, expected", [("on", True), ("off", False), ("auto", True),
+                                            ("", True), (" ON ", True)])
+def test_the_switch_picks_the_path(monkeypatch, impl, expected):
+    monkeypatch.setenv(cpu.ENV_VAR, impl)
     x, w, _ = _data(CASES[0])
-    assert cc.enabled() is expected  # auto: on, as this module runs on the CPU backend
+    assert cpu.enabled() is expected  # auto: on, as this module runs on the CPU backend
     assert _uses_custom_path(lambda x, w: ops.conv2d(x, w, padding="SAME"), x, w) is expected
     y = ops.conv2d(x, w, padding=1)
     np.testing.assert_allclose(np.asarray(y), np.asarray(_lax(x, w, CASES[0])), **TOL)
 
 
-def test_unknown_impl_is_refused(monkeypatch):
-    monkeypatch.setenv(cc.ENV_VAR, "gpu")
-    with pytest.raises(ValueError, match=re.escape("JAXCNN_CONV_IMPL must be 'auto', 'cpu' or "
-                                                   "'xla', got 'gpu'")):
-        cc.enabled()
+def test_an_unknown_switch_value_is_refused(monkeypatch):
+    monkeypatch.setenv(cpu.ENV_VAR, "gpu")
+    with pytest.raises(ValueError, match=re.escape("JAXCNN_CPU must be 'auto', 'on' or "
+                                                   "'off', got 'gpu'")):
+        cpu.enabled()
 
 
 def test_groups_accept_only_the_grouped_plan():
@@ -342,20 +342,3 @@ def test_applied_outside_jit_the_convolution_is_one_compiled_call(caplog):
     np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(_mine(x, w, case))))(w))
     assert "name=_conv" not in jaxpr and "conv_general_dilated" in jaxpr
-
-
-@pytest.mark.parametrize(("rows", "table"), [
-    (16, ((63, 1), (64, 4), (127, 4), (128, 8), (255, 8), (256, 16), (1024, 16))),
-    (32, ((63, 1), (64, 4), (255, 4), (256, 8), (511, 8), (512, 16), (4096, 16)))])
-def test_batch_slices_by_rows_a_slice(monkeypatch, rows, table):
-    """The largest power of two of slices of at least ``rows`` rows, 4 to 16, from batch 64."""
-    monkeypatch.setenv(cc.ENV_VAR, "cpu")
-    monkeypatch.setattr(cc, "CPU_SLICE_ROWS", rows)
-    for batch, want in table:
-        assert cc.batch_slices(batch) == want, batch
-        assert cc.batch_slices(np.int64(batch)) == want, batch
-    with cc.whole_batch():
-        assert cc.batch_slices(1024) == 1
-    assert cc.batch_slices(None) == 1
-    monkeypatch.setenv(cc.ENV_VAR, "xla")
-    assert cc.batch_slices(1024) == 1

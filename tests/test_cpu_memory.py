@@ -1,4 +1,4 @@
-"""jaxcnn.memory: glibc keeps freed memory, so reusing a large buffer costs no page faults."""
+"""jaxcnn.cpu.memory: glibc keeps freed memory, so reusing a large buffer costs no page faults."""
 
 import os
 import subprocess
@@ -6,13 +6,11 @@ import sys
 
 import pytest
 
-from jaxcnn import memory
-
 # Mallocs, touches and frees a 64 MiB buffer, then counts the minor page faults of doing it
 # again: about 16,000 (one per 4 KiB page) when malloc maps fresh memory, near 0 when reused.
 _PROBE = """
 import ctypes, resource, sys
-from jaxcnn import memory
+from jaxcnn.cpu import memory
 applied = memory.keep_freed_memory() if sys.argv[1] == "keep" else None
 libc = ctypes.CDLL(None)
 libc.prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: count 4 KiB pages, whatever the THP setting
@@ -29,7 +27,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _faults(mode: str) -> tuple[str, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))
-           and k not in ("LD_PRELOAD", memory.ENV_VAR)}  # glibc's defaults in the probe
+           and k != "LD_PRELOAD"}  # glibc's defaults in the probe
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
                          check=True, env=env).stdout.split()
     return out[0], int(out[1])
@@ -44,8 +42,3 @@ def test_keep_freed_memory_reuses_pages_instead_of_faulting_new_ones():
     assert fresh > 10_000, fresh  # 64 MiB of 4 KiB pages, mapped anew
     assert kept < 1_000, kept
 
-
-def test_keep_freed_memory_can_be_turned_off(monkeypatch):
-    monkeypatch.setattr(memory, "_applied", False)
-    monkeypatch.setenv(memory.ENV_VAR, "0")
-    assert memory.keep_freed_memory() is False

@@ -33,31 +33,18 @@ XLA's CPU backend runs well. For Y = X * K (cross-correlation) and G = dE/dY:
   batch (``jax.export`` with a ``"b, H, W, C"`` shape) is never split: the plan then depends
   on the kernel alone, and each slice's bounds would need the batch's value.
 
-Whole models are cut into batch slices too: :func:`batch_slices` is how many slices the
-training pass of a per-example model computes a batch in on this host (32 rows a slice with
-AVX-512, else 16), which :func:`jaxcnn.layers.serial` and :func:`jaxcnn.steps.make_train_step`
-apply; :func:`whole_batch` stops a slice from being cut again.
-
 Because it is a custom JVP rather than a custom VJP, forward mode (``jax.jvp``,
 ``jax.jacfwd``, ``jax.hessian``), reverse mode, ``vmap`` and higher-order derivatives all keep
 working; the tangent of an argument that is not differentiated (the images, for the first
 layer) is a symbolic zero and costs nothing.
 
-When: :func:`enabled` decides at trace time from ``JAXCNN_CONV_IMPL``: ``auto`` (default:
-this path when JAX's default backend is the CPU; GPU and TPU keep ``lax.conv_general_dilated``
-as it is), ``cpu`` (always) or ``xla`` (never: plain ``lax.conv_general_dilated`` and JAX's
-own derivatives, e.g. to compare). :func:`use_xla_conv` forces ``xla`` for the functions traced
-inside it, whatever the variable says: :func:`jaxcnn.export.export_model` traces so for a
-program lowered for GPU or TPU too.
+When: :func:`jaxcnn.ops.conv2d` takes this path where :func:`jaxcnn.cpu.enabled` (the switch,
+``JAXCNN_CPU``) says so when a function is traced: by default where JAX's default backend is
+the CPU; GPU and TPU keep ``lax.conv_general_dilated`` as it is.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import importlib
-import os
-from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import NamedTuple
 
@@ -67,122 +54,13 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn.checks import is_int
+from jaxcnn.cpu.slices import concat_slices
 from jaxcnn.typedefs import Array
 
-__all__ = [
-    "CPU_MAX_SLICES", "CPU_MIN_SLICED_BATCH", "CPU_SLICE_ROWS", "ENV_VAR", "Plan", "batch_slices",
-    "concat_slices", "conv2d", "cpu_slice_rows", "enabled", "plan_for", "use_xla_conv",
-    "whole_batch",
-]
-
-#: Environment variable that picks the implementation at trace time: auto, cpu or xla.
-ENV_VAR = "JAXCNN_CONV_IMPL"
+__all__ = ["Plan", "conv2d", "plan_for"]
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-# Set only by use_xla_conv, for the current thread or task (a ContextVar, not a global flag):
-# another thread tracing at the same time keeps JAXCNN_CONV_IMPL's choice.
-_FORCE_XLA: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxcnn_force_xla_conv",
-                                                                 default=False)
-
-
-@contextlib.contextmanager
-def use_xla_conv() -> Iterator[None]:
-    """Functions traced inside this block use ``lax.conv_general_dilated`` and JAX's own
-    derivatives (:func:`enabled` is False), as ``JAXCNN_CONV_IMPL=xla`` would; for programs
-    that must not carry this CPU-specific formulation, e.g. ones lowered for GPU as well.
-
-    >>> with use_xla_conv():
-    ...     enabled()
-    False
-    """
-    token = _FORCE_XLA.set(True)
-    try:
-        yield
-    finally:
-        _FORCE_XLA.reset(token)
-
-
-def enabled() -> bool:
-    """Whether :func:`jaxcnn.ops.conv2d` takes this path; read from ``JAXCNN_CONV_IMPL`` when a
-    function is traced, so a jitted function keeps the choice it was compiled with. Always
-    False inside :func:`use_xla_conv`."""
-    if _FORCE_XLA.get():
-        return False
-    impl = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if impl not in ("auto", "cpu", "xla"):
-        raise ValueError(f"{ENV_VAR} must be 'auto', 'cpu' or 'xla', got {impl!r}; unset it "
-                         f"or pick one of those")
-    if impl == "auto":
-        return jax.default_backend() == "cpu"
-    return impl == "cpu"
-
-
-def cpu_slice_rows(features: Mapping[str, bool] | None = None) -> int:
-    """Rows per batch slice on this CPU: 32 with AVX-512, else 16. A core with wider vectors
-    finishes a slice's operations sooner, so their fixed cost weighs more and larger slices win
-    (``benchmarks/README.md``, CPU mechanisms, item 8). ``features``: NumPy's runtime CPU
-    feature table (the host's when None)."""
-    if features is None:
-        features = _numpy_cpu_features()
-    return 32 if features.get("AVX512F") else 16
-
-
-def _numpy_cpu_features() -> Mapping[str, bool]:
-    """NumPy's runtime CPU feature table (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x);
-    empty where neither has it, which means the narrower vectors."""
-    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
-        try:
-            return importlib.import_module(module).__cpu_features__
-        except (ImportError, AttributeError):
-            continue
-    return {}
-
-
-#: Rows a batch slice aims at on this host (:func:`cpu_slice_rows`).
-CPU_SLICE_ROWS = cpu_slice_rows()
-#: The most slices a batch is computed in.
-CPU_MAX_SLICES = 16
-#: Smaller batches run whole: slices of fewer than 16 rows gained nothing.
-CPU_MIN_SLICED_BATCH = 64
-
-# Set by whole_batch while a caller computes the batch's slices itself.
-_WHOLE: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxcnn_whole_batch",
-                                                             default=False)
-
-
-@contextlib.contextmanager
-def whole_batch() -> Iterator[None]:
-    """Inside this block :func:`batch_slices` is 1: for a caller that already computes the
-    batch in slices (a model nested in a sliced one, a step with explicit ``batch_slices``),
-    so no slice is cut again, or to train a model whole in a step of your own. Read when a
-    function is traced: a jitted function keeps what it was first traced with, so enter the
-    block inside the function, or around its first call."""
-    token = _WHOLE.set(True)
-    try:
-        yield
-    finally:
-        _WHOLE.reset(token)
-
-
-def batch_slices(batch_size: object) -> int:
-    """How many slices the training pass of a per-example model computes a batch of
-    ``batch_size`` rows in, where this CPU path is on (:func:`enabled`) and there is one device:
-    the largest power of two of slices with at least :data:`CPU_SLICE_ROWS` rows each, at least
-    4 and at most :data:`CPU_MAX_SLICES`, from :data:`CPU_MIN_SLICED_BATCH` rows on (with 32
-    rows: 4 for batch 64-255, 8 for 256-511, 16 from 512 on). Else 1, and always 1 for a batch
-    that is not a concrete int (symbolic under ``jax.export``) or inside :func:`whole_batch`.
-
-    Why: XLA's CPU runtime runs most single operations on one core but independent ones side
-    by side, so slices whose logits are concatenated keep both cores busy: the same function
-    of the batch up to float rounding. :func:`jaxcnn.layers.serial` applies it in training
-    mode, so a hand-written ``jax.jit(jax.value_and_grad(...))`` step gets it too."""
-    if (_WHOLE.get() or not is_int(batch_size) or batch_size < CPU_MIN_SLICED_BATCH
-            or not enabled() or jax.device_count() != 1):
-        return 1
-    fit = max(1, int(batch_size) // CPU_SLICE_ROWS)
-    return min(CPU_MAX_SLICES, max(4, 1 << (fit.bit_length() - 1)))
 
 
 class Plan(NamedTuple):
@@ -283,18 +161,6 @@ def _patches_t(x: Array, kh: int, kw: int, cfg: _Cfg, ho: int, wo: int) -> Array
     cols = jnp.stack([_strided(xt, {3: (j * dw, wo, sw)}) for j in range(kw)])
     rows = jnp.stack([_strided(cols, {3: (i * dh, ho, sh)}) for i in range(kh)])
     return rows.reshape(kh, kw, c, n * ho * wo)  # rows: (kh, kw, C, N, ho, wo)
-
-
-def concat_slices(fn, x: Array, parts: int) -> Array:
-    """``fn`` over ``parts`` near-equal slices of the batch (1 <= parts <= N), concatenated:
-    independent work that XLA's CPU runtime runs on different cores, where it runs most single
-    operations (a convolution among them) on one core. ``fn`` runs inside :func:`whole_batch`,
-    so no model it applies cuts a slice again."""
-    n = x.shape[0]
-    bounds = [n * k // parts for k in range(parts + 1)]
-    with whole_batch():
-        return jnp.concatenate([fn(x[a:b])
-                                for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
 
 def _batch_split(fn, x: Array, parts: int) -> Array:

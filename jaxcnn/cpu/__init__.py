@@ -1,0 +1,43 @@
+"""jaxcnn's CPU mechanisms, behind one switch.
+
+On a CPU, XLA's defaults are slow for training convolutional networks. jaxcnn does three things
+of its own there, each kept because a paired benchmark showed 5% or more on some kind of machine
+(figures and commands in ``benchmarks/README.md``, "The CPU mechanisms in place"):
+
+- :mod:`jaxcnn.cpu.conv`: a ``jax.custom_jvp`` convolution whose gradients XLA's CPU backend
+  runs fast inside a ``lax.scan`` (dW as one GEMM, dX as the canonical correlation with the
+  rotated kernel, few-channel forms, each convolution of the differentiated pass in 4 batch
+  slices). :func:`jaxcnn.ops.conv2d`, so every ``Conv`` layer, uses it. simple_cnn trained 25x
+  (batch 128) to 70x (1024) faster than with JAX's own derivatives, lenet5 5x to 11x.
+- :mod:`jaxcnn.cpu.slices`: a training batch of a per-example model computed as 4 to 16 slices
+  (:func:`batch_slices`) whose outputs are concatenated, applied by
+  :func:`jaxcnn.layers.serial` in training mode and by :func:`jaxcnn.steps.make_train_step`:
+  1.13x-1.50x the images/s of the whole batch on 2 cores.
+- :mod:`jaxcnn.cpu.memory`: glibc's ``malloc`` keeping the memory it frees
+  (:func:`keep_freed_memory`), which the runner applies: 1.01x-1.28x.
+
+The switch is ``JAXCNN_CPU``, read when a function is traced: ``auto`` (default: on where JAX's
+default backend is the CPU; a GPU or TPU gets none of it), ``on`` or ``off``; :func:`off` turns
+all of it off for what is traced inside it. Finer controls: ``make_train_step(...,
+batch_slices=1)`` and :func:`whole_batch` for the slices. Removed, for gaining less than 5%: a
+slice size chosen from the L2 cache (1.02x-1.04x).
+"""
+
+from jaxcnn.cpu.conv import Plan, conv2d, plan_for
+from jaxcnn.cpu.memory import keep_freed_memory
+from jaxcnn.cpu.slices import (
+    MAX_SLICES,
+    MIN_SLICED_BATCH,
+    SLICE_ROWS,
+    batch_slices,
+    concat_slices,
+    slice_rows,
+    whole_batch,
+)
+from jaxcnn.cpu.switch import ENV_VAR, enabled, off
+
+__all__ = [
+    "ENV_VAR", "MAX_SLICES", "MIN_SLICED_BATCH", "Plan", "SLICE_ROWS", "batch_slices",
+    "concat_slices", "conv2d", "enabled", "keep_freed_memory", "off", "plan_for", "slice_rows",
+    "whole_batch",
+]

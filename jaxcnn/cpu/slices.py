@@ -1,0 +1,100 @@
+"""Batch slices: a training batch computed as independent slices, for XLA's CPU runtime.
+
+XLA's CPU runtime runs most single operations (a convolution among them) on one core, but runs
+independent operations side by side. A batch computed as slices whose outputs are concatenated
+is the same function of the batch for a per-example model (up to float rounding), with
+independent work for every core. :func:`batch_slices` is how many; :func:`jaxcnn.layers.serial`
+applies it in training mode (so a hand-written step gets it too) and
+:func:`jaxcnn.steps.make_train_step` to any per-example model; :func:`whole_batch` stops a slice
+from being cut again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from jaxcnn.checks import is_int
+from jaxcnn.cpu.switch import enabled
+from jaxcnn.typedefs import Array
+
+__all__ = ["MAX_SLICES", "MIN_SLICED_BATCH", "SLICE_ROWS", "batch_slices", "concat_slices",
+           "slice_rows", "whole_batch"]
+
+
+def slice_rows(features: Mapping[str, bool] | None = None) -> int:
+    """Rows per batch slice on this CPU: 32 with AVX-512, else 16. A core with wider vectors
+    finishes a slice's operations sooner, so their fixed cost weighs more and larger slices win
+    (``benchmarks/README.md``, CPU mechanisms). ``features``: NumPy's runtime CPU feature table
+    (the host's when None)."""
+    if features is None:
+        features = _numpy_cpu_features()
+    return 32 if features.get("AVX512F") else 16
+
+
+def _numpy_cpu_features() -> Mapping[str, bool]:
+    """NumPy's runtime CPU feature table (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x);
+    empty where neither has it, which means the narrower vectors."""
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            return importlib.import_module(module).__cpu_features__
+        except (ImportError, AttributeError):
+            continue
+    return {}
+
+
+#: Rows a batch slice aims at on this host (:func:`slice_rows`).
+SLICE_ROWS = slice_rows()
+#: The most slices a batch is computed in.
+MAX_SLICES = 16
+#: Smaller batches run whole: slices of fewer than 16 rows gained nothing.
+MIN_SLICED_BATCH = 64
+
+# Set by whole_batch while a caller computes the batch's slices itself.
+_WHOLE: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxcnn_whole_batch",
+                                                             default=False)
+
+
+@contextlib.contextmanager
+def whole_batch() -> Iterator[None]:
+    """Inside this block :func:`batch_slices` is 1: for a caller that already computes the
+    batch in slices (a model nested in a sliced one, a step with explicit ``batch_slices``),
+    so no slice is cut again, or to train a model whole in a step of your own. Read when a
+    function is traced: a jitted function keeps what it was first traced with, so enter the
+    block inside the function, or around its first call."""
+    token = _WHOLE.set(True)
+    try:
+        yield
+    finally:
+        _WHOLE.reset(token)
+
+
+def batch_slices(batch_size: object) -> int:
+    """How many slices the training pass of a per-example model computes a batch of
+    ``batch_size`` rows in, where the CPU mechanisms are on (:func:`jaxcnn.cpu.enabled`) and
+    there is one device: the largest power of two of slices with at least :data:`SLICE_ROWS`
+    rows each, at least 4 and at most :data:`MAX_SLICES`, from :data:`MIN_SLICED_BATCH` rows on
+    (with 32 rows: 4 for batch 64-255, 8 for 256-511, 16 from 512 on). Else 1, and always 1 for
+    a batch that is not a concrete int (symbolic under ``jax.export``) or inside
+    :func:`whole_batch`."""
+    if (_WHOLE.get() or not is_int(batch_size) or batch_size < MIN_SLICED_BATCH
+            or not enabled() or jax.device_count() != 1):
+        return 1
+    fit = max(1, int(batch_size) // SLICE_ROWS)
+    return min(MAX_SLICES, max(4, 1 << (fit.bit_length() - 1)))
+
+
+def concat_slices(fn: Callable[[Array], Array], x: Array, parts: int) -> Array:
+    """``fn`` over ``parts`` near-equal slices of the batch ``x`` (1 <= parts <= N),
+    concatenated: independent work that XLA's CPU runtime runs on different cores. ``fn`` runs
+    inside :func:`whole_batch`, so no model it applies cuts a slice again."""
+    n = x.shape[0]
+    bounds = [n * k // parts for k in range(parts + 1)]
+    with whole_batch():
+        return jnp.concatenate([fn(x[a:b])
+                                for a, b in zip(bounds[:-1], bounds[1:], strict=True)])

@@ -1,0 +1,51 @@
+"""jaxcnn.cpu.slices: how many slices a training batch is computed in on this host."""
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxcnn import cpu
+
+
+def test_slice_rows_follow_the_vector_width(monkeypatch):
+    assert cpu.slice_rows({"AVX512F": True, "AVX2": True}) == 32
+    assert cpu.slice_rows({"AVX512F": False, "AVX2": True}) == 16
+    assert cpu.slice_rows({}) == 16  # e.g. an ARM CPU
+    # Without a table, NumPy's runtime one is read: the host's, edited here to each case.
+    try:
+        table = importlib.import_module("numpy._core._multiarray_umath").__cpu_features__
+    except (ImportError, AttributeError):  # NumPy 1.x
+        table = importlib.import_module("numpy.core._multiarray_umath").__cpu_features__
+    for avx512, rows in ((True, 32), (False, 16)):
+        with monkeypatch.context() as patched:
+            patched.setitem(table, "AVX512F", avx512)
+            assert cpu.slice_rows() == rows
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = ({f for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+              for f in line.split(":", 1)[1].split()} if cpuinfo.exists() else set())
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags to check the host's rows against")
+    # The host's own answer, independently of NumPy's table, for the function and the constant
+    # the step uses.
+    want = 32 if "avx512f" in flags else 16
+    assert cpu.slice_rows() == want
+    assert cpu.SLICE_ROWS == want
+
+
+@pytest.mark.parametrize(("rows", "table"), [
+    (16, ((63, 1), (64, 4), (127, 4), (128, 8), (255, 8), (256, 16), (1024, 16))),
+    (32, ((63, 1), (64, 4), (255, 4), (256, 8), (511, 8), (512, 16), (4096, 16)))])
+def test_batch_slices_by_rows_a_slice(monkeypatch, rows, table):
+    """The largest power of two of slices of at least ``rows`` rows, 4 to 16, from batch 64."""
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", rows)
+    for batch, want in table:
+        assert cpu.batch_slices(batch) == want, batch
+        assert cpu.batch_slices(np.int64(batch)) == want, batch
+    with cpu.whole_batch():
+        assert cpu.batch_slices(1024) == 1
+    assert cpu.batch_slices(None) == 1
+    monkeypatch.setenv(cpu.ENV_VAR, "off")
+    assert cpu.batch_slices(1024) == 1
