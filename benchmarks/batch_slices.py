@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/batch_slices.py --models lenet5 --batches 128 \\
         --slices 4,auto,16 --passes 30
 
+A model is a name from ``jaxcnn.models`` or an experiment (``scripts.load_experiment``: a name
+or a script's path) whose ``get_model`` builds it, e.g. ``fashion_augmented`` (with Dropout).
 For each model and batch, one compiled epoch per ``batch_slices`` value (``train.make_epoch_fn``,
 ``driver="scan"``, ``--steps`` steps of device-resident random 28x28x1 images, SGD with
 momentum), run in interleaved passes whose order rotates. This machine's speed drifts by tens of
@@ -27,7 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxcnn import cpu, models  # noqa: E402
+from jaxcnn import cpu, models, scripts  # noqa: E402
 from jaxcnn import train as train_lib  # noqa: E402
 from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
 
@@ -43,11 +45,19 @@ def random_data(batch: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.integers(0, 10, batch * steps).astype(np.int32)
 
 
+def make_model(name: str):
+    """``jaxcnn.models.<name>()``, or the model of experiment ``name`` (its ``get_model``)."""
+    if hasattr(models, name):
+        return getattr(models, name)()
+    module = scripts.load_experiment(name)
+    return module.get_model(module.get_config())
+
+
 def build(model_name: str, batch: int, slices, x: np.ndarray, y: np.ndarray,
           steps_per_call: int | None = None):
     """A function of the epoch number that runs one compiled epoch over (x, y) (SGD with
     momentum; ``steps_per_call`` as in ``train.make_epoch_fn``), compiled and warmed up."""
-    model = getattr(models, model_name)()
+    model = make_model(model_name)
     opt = optax.sgd(0.01, momentum=0.9)
     step = train_lib.make_train_step(model, softmax_cross_entropy, opt, jit=False,
                                      batch_slices=slices)
@@ -89,7 +99,7 @@ def main(argv=None) -> None:
                     runs[v](k + 1)
                     secs[v].append(time.perf_counter() - t)
             ref = np.array(secs[values[0]])
-            model = getattr(models, model_name)()
+            model = make_model(model_name)
             for v in values:
                 ratio = ref / np.array(secs[v])  # > 1: faster than the first value
                 used = train_lib.batch_slices_for(model, batch, v)

@@ -259,10 +259,9 @@ def _check_batch_slices(model: Layer, batch_slices: Any) -> None:
     if batch_slices > 1 and not layer_info(model).per_example:
         raise ValueError(
             f"make_train_step: batch_slices={batch_slices} computes each slice of the batch on "
-            f"its own, which changes the result of a layer that mixes examples or draws random "
-            f"numbers; {first_not_per_example(model)} is not per-example (BatchNorm, Dropout with "
-            f"rate > 0, a Lambda without per_example=True and a user's own Layer are not); use "
-            f"batch_slices=1 or 'auto'")
+            f"its own, which changes the result of a layer that mixes examples; "
+            f"{first_not_per_example(model)} is not per-example (BatchNorm, a Lambda without "
+            f"per_example=True and a user's own Layer are not); use batch_slices=1 or 'auto'")
 
 
 def data_parallel_mesh(devices: list | None = None, axis: str = "data") -> jax.sharding.Mesh:

@@ -219,6 +219,13 @@ def _(c):
 case("dropout-no-key")(lambda c: L.Dropout(0.5).apply({}, {}, jnp.ones((2, 3)), train=True))
 
 
+@case("dropout-slice-rows")
+def _(c):
+    drop = L.Dropout(0.5)  # a slice of 2 rows of 4 that reaches it as 1 row
+    return jaxcnn.cpu.concat_slices(
+        lambda part: drop.apply({}, {}, part[:1], key=KEY, train=True)[0], jnp.ones((4, 3)), 2)
+
+
 @case("batchnorm-channels")
 def _(c):
     bn = L.BatchNorm()

@@ -755,13 +755,13 @@ PER_EXAMPLE = [
                                      L.Softmax(), L.LogSoftmax())),
     ("residual", lambda: L.residual(L.Conv(2, 1), L.Relu(), shortcut=L.Conv(2, 1))),
     ("dropout-0", lambda: L.Dropout(0.0)),
+    ("dropout", lambda: L.serial(L.Relu(), L.Dropout(0.5))),
     ("marked-lambda", lambda: L.Lambda(lambda x: x[:, ::2, ::2] * 2.0, per_example=True)),
     ("softmax-channels", lambda: L.parallel(L.Softmax(axis=3), L.LogSoftmax(axis=-1))),
     ("fixed-conv", lambda: filters.FixedConv(filters.gaussian(3, 1.0))),
 ]
 NOT_PER_EXAMPLE = [
     ("batchnorm", lambda: L.serial(L.Conv(2, 1), L.BatchNorm())),
-    ("dropout", lambda: L.serial(L.Relu(), L.Dropout(0.5))),
     ("lambda", lambda: L.Lambda(lambda x: x - x.mean(axis=0))),
     ("softmax-over-batch", lambda: L.Softmax(axis=0)),
     ("logsoftmax-maybe-batch", lambda: L.LogSoftmax(axis=-4)),
@@ -772,15 +772,18 @@ NOT_PER_EXAMPLE = [
 
 @pytest.mark.parametrize("make", [c[1] for c in PER_EXAMPLE], ids=[c[0] for c in PER_EXAMPLE])
 def test_layers_marked_per_example_compute_each_example_alone(make):
-    # What the mark promises (training mode included): row i of f(batch) is f(row i).
+    # What the mark promises (training mode included): the batch computed in slices of one row
+    # each gives what the whole batch gives (for most layers: row i of f(batch) is f(row i)).
+    from jaxcnn import cpu
+
     layer = make()
     assert L.layer_info(layer).per_example
     x = jax.random.normal(jax.random.key(3), (5, 6, 6, 2))
     _, params, state = layer.init(KEY, (None, 6, 6, 2))
     whole, _ = layer.apply(params, state, x, key=KEY, train=True)
-    for i in range(5):
-        alone, _ = layer.apply(params, state, x[i:i + 1], key=KEY, train=True)
-        np.testing.assert_allclose(alone[0], whole[i], rtol=1e-5, atol=1e-6)
+    rows = cpu.concat_slices(lambda row: layer.apply(params, state, row, key=KEY, train=True)[0],
+                             x, 5)
+    np.testing.assert_allclose(rows, whole, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("make", [c[1] for c in NOT_PER_EXAMPLE],
@@ -984,7 +987,7 @@ def test_serials_that_mix_examples_or_run_elsewhere_run_whole(monkeypatch):
     monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
     seen: list[int] = []
     x = jnp.ones((128, 3))
-    for model, impl in ((L.serial(_spied(seen), L.Dropout(0.5)), "on"),
+    for model, impl in ((L.serial(_spied(seen), L.Lambda(lambda x: x - x.mean(0))), "on"),
                         (L.serial(_spied(seen), L.BatchNorm()), "on"),
                         (L.serial(_spied(seen), L.Relu()), "off")):
         monkeypatch.setenv(cpu.ENV_VAR, impl)
@@ -1000,7 +1003,7 @@ def test_a_serial_that_mixes_examples_runs_its_nested_serials_whole(monkeypatch)
     monkeypatch.setenv(cpu.ENV_VAR, "on")
     monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
     seen: list[int] = []
-    model = L.serial(L.serial(_spied(seen), L.Flatten()), L.Dropout(0.5), L.Dense(2))
+    model = L.serial(L.serial(_spied(seen), L.Flatten()), L.BatchNorm(), L.Dense(2))
     _, params, state = model.init(jax.random.key(0), (None, 3))
     seen.clear()
     model.apply(params, state, jnp.ones((128, 3)), key=jax.random.key(1), train=True)
@@ -1026,3 +1029,39 @@ def test_a_sliced_serial_returns_what_a_whole_one_returns(monkeypatch):
     _, p, s = sine.init(jax.random.key(0), (None,))
     np.testing.assert_allclose(sine.apply(p, s, jnp.float32(0.5), train=True)[0], np.sin(0.5),
                                rtol=1e-6)
+
+
+def test_dropout_in_a_sliced_serial_drops_what_the_whole_batch_drops(monkeypatch):
+    """A serial with Dropout is computed in slices in training mode; each slice draws the whole
+    batch's mask and keeps its rows, so loss and gradients equal the whole batch's, and nested
+    slices (a convolution's own split) keep the rows of the outermost batch."""
+    from jaxcnn import cpu
+
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
+    seen: list[int] = []
+    model = L.serial(_spied(seen), L.Conv(4, 3, padding="SAME"), L.Relu(), L.Dropout(0.5),
+                     L.Flatten(), L.Dense(8), L.Dropout(0.3), L.Dense(3))
+    _, params, state = model.init(jax.random.key(0), (None, 6, 6, 2))
+    x = jax.random.normal(jax.random.key(1), (128, 6, 6, 2))
+    y = jnp.arange(128) % 3
+
+    def loss(p):
+        logits, _ = model.apply(p, state, x, key=jax.random.key(7), train=True)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
+    seen.clear()
+    sliced = jax.value_and_grad(loss)(params)
+    assert seen == [16] * 8
+    with cpu.whole_batch():
+        whole = jax.value_and_grad(loss)(params)
+    for a, b in zip(jax.tree.leaves(sliced), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The mask itself: rows 40:56 of the whole batch's, wherever the slices are cut.
+    drop, ones = L.Dropout(0.5), jnp.ones((64, 5))
+    want, _ = drop.apply({}, {}, ones, key=jax.random.key(2), train=True)
+    got = cpu.concat_slices(
+        lambda part: cpu.concat_slices(
+            lambda row: drop.apply({}, {}, row, key=jax.random.key(2), train=True)[0], part, 4),
+        ones, 4)
+    np.testing.assert_array_equal(got, want)

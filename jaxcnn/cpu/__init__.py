@@ -9,7 +9,8 @@ of its own there, each kept because a paired benchmark showed 5% or more on some
   rotated kernel, few-channel forms, each convolution of the differentiated pass in 4 batch
   slices). :func:`jaxcnn.ops.conv2d`, so every ``Conv`` layer, uses it. simple_cnn trained 25x
   (batch 128) to 70x (1024) faster than with JAX's own derivatives, lenet5 5x to 11x.
-- :mod:`jaxcnn.cpu.slices`: a training batch of a per-example model computed as 4 to 16 slices
+- :mod:`jaxcnn.cpu.slices`: a training batch of a per-example model (Dropout included: it
+  draws the whole batch's mask, :func:`slice_position`) computed as 4 to 16 slices
   (:func:`batch_slices`) whose outputs are concatenated, applied by
   :func:`jaxcnn.layers.serial` in training mode and by :func:`jaxcnn.steps.make_train_step`:
   1.13x-1.50x the images/s of the whole batch on 2 cores.
@@ -29,15 +30,17 @@ from jaxcnn.cpu.slices import (
     MAX_SLICES,
     MIN_SLICED_BATCH,
     SLICE_ROWS,
+    SlicePosition,
     batch_slices,
     concat_slices,
+    slice_position,
     slice_rows,
     whole_batch,
 )
 from jaxcnn.cpu.switch import ENV_VAR, enabled, off
 
 __all__ = [
-    "ENV_VAR", "MAX_SLICES", "MIN_SLICED_BATCH", "Plan", "SLICE_ROWS", "batch_slices",
-    "concat_slices", "conv2d", "enabled", "keep_freed_memory", "off", "plan_for", "slice_rows",
-    "whole_batch",
+    "ENV_VAR", "MAX_SLICES", "MIN_SLICED_BATCH", "Plan", "SLICE_ROWS", "SlicePosition",
+    "batch_slices", "concat_slices", "conv2d", "enabled", "keep_freed_memory", "off", "plan_for",
+    "slice_position", "slice_rows", "whole_batch",
 ]

@@ -6,7 +6,8 @@ is the same function of the batch for a per-example model (up to float rounding)
 independent work for every core. :func:`batch_slices` is how many; :func:`jaxcnn.layers.serial`
 applies it in training mode (so a hand-written step gets it too) and
 :func:`jaxcnn.steps.make_train_step` to any per-example model; :func:`whole_batch` stops a slice
-from being cut again.
+from being cut again. :func:`slice_position` tells a layer where the slice it is traced on lies
+in the batch, so that ``Dropout`` draws the whole batch's mask and keeps its slice's rows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import contextvars
 import importlib
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +25,8 @@ from jaxcnn.checks import is_int
 from jaxcnn.cpu.switch import enabled
 from jaxcnn.typedefs import Array
 
-__all__ = ["MAX_SLICES", "MIN_SLICED_BATCH", "SLICE_ROWS", "batch_slices", "concat_slices",
-           "slice_rows", "whole_batch"]
+__all__ = ["MAX_SLICES", "MIN_SLICED_BATCH", "SLICE_ROWS", "SlicePosition", "batch_slices",
+           "concat_slices", "slice_position", "slice_rows", "whole_batch"]
 
 
 def slice_rows(features: Mapping[str, bool] | None = None) -> int:
@@ -89,12 +91,41 @@ def batch_slices(batch_size: object) -> int:
     return min(MAX_SLICES, max(4, 1 << (fit.bit_length() - 1)))
 
 
+class SlicePosition(NamedTuple):
+    """Where a slice lies in its batch: rows ``start`` to ``stop`` (exclusive) of ``total``."""
+
+    start: int
+    stop: int
+    total: int
+
+
+# Set by concat_slices while it traces fn on one slice.
+_AT: contextvars.ContextVar[SlicePosition | None] = contextvars.ContextVar("jaxcnn_slice_at",
+                                                                          default=None)
+
+
+def slice_position() -> SlicePosition | None:
+    """The rows of the whole batch that the slice being traced holds, inside
+    :func:`concat_slices` (nested slices give rows of the outermost batch); None outside, where
+    a layer sees the whole batch. Read when a function is traced."""
+    return _AT.get()
+
+
 def concat_slices(fn: Callable[[Array], Array], x: Array, parts: int) -> Array:
     """``fn`` over ``parts`` near-equal slices of the batch ``x`` (1 <= parts <= N),
     concatenated: independent work that XLA's CPU runtime runs on different cores. ``fn`` runs
-    inside :func:`whole_batch`, so no model it applies cuts a slice again."""
+    inside :func:`whole_batch`, so no model it applies cuts a slice again, and with
+    :func:`slice_position` saying which rows of the batch it holds."""
     n = x.shape[0]
+    outer = _AT.get()
+    base, total = (0, n) if outer is None else (outer.start, outer.total)
     bounds = [n * k // parts for k in range(parts + 1)]
+    outputs = []
     with whole_batch():
-        return jnp.concatenate([fn(x[a:b])
-                                for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            token = _AT.set(SlicePosition(base + a, base + b, total))
+            try:
+                outputs.append(fn(x[a:b]))
+            finally:
+                _AT.reset(token)
+    return jnp.concatenate(outputs)

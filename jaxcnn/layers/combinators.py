@@ -147,7 +147,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     In training mode on the CPU, a serial of per-example layers computes a large batch as
     :func:`jaxcnn.cpu.batch_slices` slices whose outputs are concatenated: the same
     function of the batch up to float rounding, which XLA's CPU runtime runs on both cores,
-    whoever writes the training step. A serial that is not per-example (BatchNorm, Dropout)
+    whoever writes the training step. A serial that is not per-example (BatchNorm)
     runs whole, the serials nested in it too."""
     layers = _check_layers(layers, "Serial")
     names = child_names(layers, "Serial")

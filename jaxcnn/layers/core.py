@@ -60,11 +60,13 @@ class LayerInfo:
     branch passed on as it is; :func:`jaxcnn.layers.combinators.merge_branches`). Serial is
     one branch of all its children, parallel one branch per child, residual its body and its
     shortcut. The combinators' own ``apply`` and :mod:`jaxcnn.walk` both follow them.
-    ``per_example``: in training too, each example's output depends on that example's input
-    alone, with no randomness (not BatchNorm, not Dropout, not an unmarked Lambda or a user's
-    own Layer, not a softmax along an axis that may be the batch's), so a batch may be
-    computed in slices (:func:`jaxcnn.train.make_train_step`). A ``Layer(init, apply)`` built
-    from another layer's ``init`` keeps that layer's info, this mark included.
+    ``per_example``: in training too, a batch computed in slices
+    (:func:`jaxcnn.cpu.concat_slices`) gives what the whole batch gives: each example's output
+    depends on that example's input alone (not BatchNorm, not an unmarked Lambda or a user's
+    own Layer, not a softmax along an axis that may be the batch's), or, for Dropout, also on
+    its row of the batch, which a slice knows (:func:`jaxcnn.cpu.slice_position`). A
+    ``Layer(init, apply)`` built from another layer's ``init`` keeps that layer's info, this
+    mark included.
     """
 
     kind: str

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxcnn import ops
+from jaxcnn import cpu, ops
 from jaxcnn.checks import is_int, is_real
 from jaxcnn.errors import LayerError
 from jaxcnn.layers.core import (
@@ -297,7 +297,12 @@ def Lambda(fn: Callable[[Array], Array], *, kind: str = "Lambda", name: str | No
 def Dropout(rate: float, *, name: str | None = None) -> Layer:
     """Inverted dropout: in training, zero each element with probability ``rate`` (the fraction
     *dropped*) and scale the rest by 1 / (1 - rate); identity at inference. Needs ``key`` when
-    ``train=True``."""
+    ``train=True``.
+
+    Per-example all the same: traced on a slice of a batch (:func:`jaxcnn.cpu.concat_slices`,
+    the CPU's batch slices), it draws the mask of the whole batch from ``key`` and keeps the
+    slice's rows (:func:`jaxcnn.cpu.slice_position`), so the slices drop exactly what the whole
+    batch would."""
     kind = "Dropout"
     if not is_real(rate) or not 0.0 <= rate < 1.0:
         raise LayerError(kind, name, f"rate (the fraction dropped) must be in [0, 1), got "
@@ -310,14 +315,23 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
         if key is None:
             raise LayerError(kind, name, "train=True needs a PRNG key to drop units: pass "
                              "key=jax.random.key(...) to apply")
-        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        at = cpu.slice_position()
+        if at is None:
+            keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        elif x.shape[0] != at.stop - at.start:
+            raise LayerError(kind, name, f"traced on rows {at.start}:{at.stop} of a batch of "
+                             f"{at.total}, it got {x.shape[0]} rows ({format_shape(x.shape)}); "
+                             f"a layer before it changed the batch size")
+        else:  # XLA computes the identical whole-batch masks of the slices once
+            keep = jax.random.bernoulli(key, 1.0 - rate, (at.total, *x.shape[1:]))
+            keep = keep[at.start:at.stop]
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)), state
 
     def init(key, in_shape):
         check_shape(kind, name, in_shape, None, "")
         return eval_out_shape(apply, {}, {}, in_shape), {}, {}
 
-    return make_layer(init, apply, LayerInfo(kind, "dropout", name, per_example=rate == 0.0))
+    return make_layer(init, apply, LayerInfo(kind, "dropout", name, per_example=True))
 
 
 def BatchNorm(
