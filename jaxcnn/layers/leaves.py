@@ -322,7 +322,7 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
             raise LayerError(kind, name, f"traced on rows {at.start}:{at.stop} of a batch of "
                              f"{at.total}, it got {x.shape[0]} rows ({format_shape(x.shape)}); "
                              f"a layer before it changed the batch size")
-        else:  # XLA computes the identical whole-batch masks of the slices once
+        else:  # the whole batch's mask (the same draw in every slice), this slice's rows
             keep = jax.random.bernoulli(key, 1.0 - rate, (at.total, *x.shape[1:]))
             keep = keep[at.start:at.stop]
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)), state
