@@ -2,8 +2,8 @@
 
 Layers are ``(init, apply)`` pairs over plain dicts of arrays (:mod:`jaxcnn.layers`), built on
 pure array ops (:mod:`jaxcnn.ops`); :func:`summary` tabulates a model and :mod:`jaxcnn.walk`
-walks its layer tree. Training lives in :mod:`jaxcnn.train` (the one loop, :class:`train.Loop`,
-and :func:`train.fit`, over the steps of :mod:`jaxcnn.steps`) and :mod:`jaxcnn.losses`, data
+walks its layer tree. Training lives in :mod:`jaxcnn.train` (:func:`train.fit` over the one loop,
+:class:`jaxcnn.loop.Loop`, and the steps of :mod:`jaxcnn.steps`) and :mod:`jaxcnn.losses`, data
 sets in :mod:`jaxcnn.data`, TensorBoard logging in :mod:`jaxcnn.tracking` and
 :mod:`jaxcnn.visualize`, and the experiment runner in :mod:`jaxcnn.experiment` (with
 :mod:`jaxcnn.config`, :mod:`jaxcnn.runs`, :mod:`jaxcnn.checkpoint` and the ``jaxcnn`` command

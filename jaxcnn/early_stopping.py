@@ -1,6 +1,6 @@
 """Early stopping: when a run's epoch records say that training should end.
 
-The records are the training loop's (:class:`jaxcnn.train.Loop`), one dict per epoch. Test
+The records are the training loop's (:class:`jaxcnn.loop.Loop`), one dict per epoch. Test
 metrics are for reporting only, so a rule may not watch them.
 """
 

@@ -3,7 +3,7 @@ folder with everything about the run out.
 
 :func:`run` (the Flax example's ``train_and_evaluate(config, workdir)``, with the work folder
 made for it) trains as :class:`jaxcnn.config.Config` describes, with the one training loop of
-:class:`jaxcnn.train.Loop`; :func:`resume` continues a run from its folder. ``model=``,
+:class:`jaxcnn.loop.Loop`; :func:`resume` continues a run from its folder. ``model=``,
 ``data=`` and ``loss_fn=`` replace the config's model, dataset and loss, each given as the
 object itself or as a function of the config (as an experiment script's ``get_model``,
 ``get_data`` and ``get_loss``); the number of classes and the input shape come from the data.
