@@ -24,7 +24,7 @@ import optax
 from jaxcnn import cpu, distributed
 from jaxcnn import data as data_lib
 from jaxcnn.layers import Layer, layer_info
-from jaxcnn.losses import accuracy, softmax_cross_entropy
+from jaxcnn.losses import accuracy, is_example_mean, softmax_cross_entropy
 from jaxcnn.typedefs import Array, Key, Params, Shape, State
 from jaxcnn.walk import first_not_per_example
 
@@ -176,14 +176,17 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     (``benchmarks/README.md``, "Batch slices"). ``"auto"`` is the count a per-example
     :func:`jaxcnn.layers.serial` takes by itself in training mode (so a hand-written step gets
     the same); an int overrides it, 1 turns slicing off. A model that is not per-example
-    refuses an int > 1.
+    refuses an int > 1. With ``"auto"``, a per-example model and a loss that is a mean over
+    the examples (:func:`jaxcnn.losses.example_mean`, as the built-in losses are), a batch of
+    256 or more is taken in chunks one after another where :func:`jaxcnn.cpu.chunk_plan` says
+    so (simple_cnn 1.12x-1.24x): the loss and gradient are the chunks' weighted by their share
+    of the batch (of the mask's sum), the same up to float rounding.
     """
     _check_batch_slices(model, batch_slices)
     call_loss = loss_caller(loss_fn, "make_train_step")
     opt = optax.with_extra_args_support(optimizer)
 
-    def forward(params, state, images, key):
-        count = _slice_count(model, images.shape[0], batch_slices)  # checked
+    def forward(params, state, images, key, count):
         if count == 1:  # decided here: the model's own serials must not cut the batch
             with cpu.whole_batch():
                 return model.apply(params, state, images, key=key, train=True)
@@ -198,12 +201,25 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
         if augment is not None:
             images, labels = augment(jax.random.fold_in(key, 1), images, labels)
 
+        count = _slice_count(model, images.shape[0], batch_slices)  # checked
+
         def objective(params):
-            logits, new_state = forward(params, ts.state, images, key)
+            logits, new_state = forward(params, ts.state, images, key, count)
             return call_loss(logits, labels, mask), (logits, new_state)
 
-        (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-            ts.params)
+        plan = _chunk_plan(model, loss_fn, ts, images, batch_slices)
+        if plan.chunks == 1:
+            (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+                ts.params)
+        else:  # per-example: no batch statistics, the state stays as it is
+
+            def chunk_objective(params, x, y, m):
+                logits = forward(params, ts.state, x, key, plan.slices)[0]
+                return call_loss(logits, y, m), logits
+
+            loss, logits, grads = _value_and_grad_in_chunks(
+                chunk_objective, ts.params, images, labels, mask, plan.chunks)
+            new_state = ts.state
         updates, opt_state = opt.update(grads, ts.opt_state, ts.params, value=loss, grad=grads,
                                         value_fn=lambda p: objective(p)[0])
         params = optax.apply_updates(ts.params, updates)
@@ -240,6 +256,56 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     """
     _check_batch_slices(model, batch_slices)
     return _slice_count(model, batch_size, batch_slices)
+
+
+def _chunk_plan(model: Layer, loss_fn: LossFn, ts: TrainState, images: Array,
+                batch_slices: int | str) -> cpu.ChunkPlan:
+    """How :func:`make_train_step` computes the gradient: in :func:`jaxcnn.cpu.chunk_plan`'s
+    chunks for ``batch_slices="auto"``, a per-example model and a loss that is a mean over the
+    examples (:func:`jaxcnn.losses.is_example_mean`); else whole (``chunks == 1``)."""
+    n = images.shape[0]
+    whole = cpu.ChunkPlan(1, _slice_count(model, n, batch_slices))
+    if (batch_slices != "auto" or whole.slices == 1 or not layer_info(model).per_example
+            or not is_example_mean(loss_fn)):
+        return whole
+
+    def one_example(params, state, x):
+        with cpu.whole_batch():
+            return model.apply(params, state, x, key=jax.random.key(0), train=True)[0]
+
+    def size() -> int:
+        spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
+        return cpu.example_bytes(one_example, jax.tree.map(spec, ts.params),
+                                 jax.tree.map(spec, ts.state),
+                                 jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype))
+
+    return cpu.chunk_plan(n, size)
+
+
+def _value_and_grad_in_chunks(objective: Callable[..., tuple[Array, Array]], params: Params,
+                              images: Array, labels: Array, mask: Array | None, chunks: int
+                              ) -> tuple[Array, Array, Params]:
+    """The loss, logits and gradient of the whole batch from ``objective(params, images,
+    labels, mask) -> (loss, logits)`` (a mean over the examples) of ``chunks`` equal chunks
+    of the batch taken one after another (:func:`jaxcnn.cpu.scan_chunks`): each chunk's loss
+    and gradient weighted by its share of the batch (of the mask's sum, with a mask)."""
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    total = None if mask is None else jnp.sum(mask)
+
+    def body(carry, chunk):
+        loss_sum, grad_sum = carry
+        x, y, m = chunk
+        (loss, logits), grads = grad_fn(params, x, y, m)
+        share = 1.0 / chunks if m is None else jnp.sum(m) / jnp.where(total > 0, total, 1.0)
+        grad_sum = jax.tree.map(lambda s, g: s + (share * g).astype(s.dtype), grad_sum, grads)
+        return (loss_sum + (share * loss).astype(loss_sum.dtype), grad_sum), logits
+
+    rows = images.shape[0] // chunks
+    loss_shape, _ = jax.eval_shape(objective, params, images[:rows], labels[:rows],
+                                   None if mask is None else mask[:rows])
+    zero = (jnp.zeros((), loss_shape.dtype), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), logits = cpu.scan_chunks(body, zero, (images, labels, mask), chunks)
+    return loss, logits.reshape(images.shape[0], *logits.shape[2:]), grads
 
 
 def _slice_count(model: Layer, batch_size: int, batch_slices: int | str) -> int:

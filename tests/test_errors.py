@@ -226,6 +226,10 @@ def _(c):
         lambda part: drop.apply({}, {}, part[:1], key=KEY, train=True)[0], jnp.ones((4, 3)), 2)
 
 
+case("scan-chunks-rows")(lambda c: jaxcnn.cpu.scan_chunks(
+    lambda carry, part: (carry, part), 0, (jnp.ones((4, 2)), jnp.ones(4)), 3))
+
+
 @case("batchnorm-channels")
 def _(c):
     bn = L.BatchNorm()

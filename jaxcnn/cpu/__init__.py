@@ -13,26 +13,36 @@ of its own there, each kept because a paired benchmark showed 5% or more on some
   draws the whole batch's mask, :func:`slice_position`) computed as 4 to 16 slices
   (:func:`batch_slices`) whose outputs are concatenated, applied by
   :func:`jaxcnn.layers.serial` in training mode and by :func:`jaxcnn.steps.make_train_step`:
-  1.13x-1.50x the images/s of the whole batch on 2 cores.
+  1.13x-1.50x the images/s of the whole batch on 2 cores. From batch 256, ``make_train_step``
+  takes the gradient in chunks of 4 slices one after another (:func:`chunk_plan`, sized by
+  the model's bytes per example, :func:`scan_chunks`): simple_cnn 1.12x-1.24x, LeNet-5
+  1.02x-1.06x over the whole batch in its slices (Zen 3).
 - :mod:`jaxcnn.cpu.memory`: glibc's ``malloc`` keeping the memory it frees
   (:func:`keep_freed_memory`), which the runner applies: 1.01x-1.28x.
 
 The switch is ``JAXCNN_CPU``, read when a function is traced: ``auto`` (default: on where JAX's
 default backend is the CPU; a GPU or TPU gets none of it), ``on`` or ``off``; :func:`off` turns
 all of it off for what is traced inside it. Finer controls: ``make_train_step(...,
-batch_slices=1)`` and :func:`whole_batch` for the slices. Removed, for gaining less than 5%: a
-slice size chosen from the L2 cache (1.02x-1.04x).
+batch_slices=1)`` (no slices, no chunks) and :func:`whole_batch` for the slices. Removed, for
+gaining less than 5%: a slice size chosen from the L2 cache (1.02x-1.04x).
 """
 
 from jaxcnn.cpu.conv import Plan, conv2d, plan_for
 from jaxcnn.cpu.memory import keep_freed_memory
 from jaxcnn.cpu.slices import (
+    CHUNK_SLICES,
     MAX_SLICES,
+    MIN_CHUNKED_BATCH,
     MIN_SLICED_BATCH,
+    SLICE_BYTES,
     SLICE_ROWS,
+    ChunkPlan,
     SlicePosition,
     batch_slices,
+    chunk_plan,
     concat_slices,
+    example_bytes,
+    scan_chunks,
     slice_position,
     slice_rows,
     whole_batch,
@@ -40,7 +50,8 @@ from jaxcnn.cpu.slices import (
 from jaxcnn.cpu.switch import ENV_VAR, enabled, off
 
 __all__ = [
-    "ENV_VAR", "MAX_SLICES", "MIN_SLICED_BATCH", "Plan", "SLICE_ROWS", "SlicePosition",
-    "batch_slices", "concat_slices", "conv2d", "enabled", "keep_freed_memory", "off", "plan_for",
-    "slice_position", "slice_rows", "whole_batch",
+    "CHUNK_SLICES", "ChunkPlan", "ENV_VAR", "MAX_SLICES", "MIN_CHUNKED_BATCH",
+    "MIN_SLICED_BATCH", "Plan", "SLICE_BYTES", "SLICE_ROWS", "SlicePosition", "batch_slices",
+    "chunk_plan", "concat_slices", "conv2d", "enabled", "example_bytes", "keep_freed_memory",
+    "off", "plan_for", "scan_chunks", "slice_position", "slice_rows", "whole_batch",
 ]
