@@ -1080,3 +1080,51 @@ def test_dropout_in_a_chunk_keeps_the_chunks_rows_of_the_batch_mask():
                                            r"got 1 rows \(\(1, 5\)\)"):
         cpu.scan_chunks(lambda c, part: (c, drop.apply({}, {}, part[:1], key=jax.random.key(2),
                                                        train=True)[0]), 0, ones, 3)
+
+
+@pytest.mark.parametrize("pool", [
+    dict(window=2), dict(window=3, stride=2, padding="SAME"), dict(window=3, stride=2,
+                                                                  ceil_mode=True),
+    dict(window=2, stride=1)])
+def test_a_serial_pools_before_its_relu_with_the_same_values_and_gradients(pool):
+    """serial runs Relu -> MaxPool as MaxPool -> Relu (cheaper); the reference composes the ops
+    in the written order, on inputs with ties, zeros and all-negative windows."""
+    from jaxcnn import ops
+    from jaxcnn.layers.combinators import pool_before_relu
+
+    model = L.serial(L.Relu(), L.MaxPool(**pool), L.Relu(), L.AvgPool(2, padding="SAME"),
+                     L.Flatten())
+    info = L.layer_info(model)
+    assert pool_before_relu(info.branches[0], dict(info.children)) == (
+        "maxpool1", "relu1", "relu2", "avgpool1", "flatten1")
+    x = jnp.asarray(np.random.default_rng(0).integers(-3, 3, (2, 7, 7, 2)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(2, 7, 7, 2)), jnp.float32)
+
+    def want(x):
+        h = ops.max_pool(jax.nn.relu(x), pool["window"], stride=pool.get("stride"),
+                         padding=pool.get("padding", "VALID"),
+                         ceil_mode=pool.get("ceil_mode", False))
+        return ops.avg_pool(jax.nn.relu(h), 2, padding="SAME").reshape(2, -1)
+
+    _, params, state = model.init(KEY, x.shape)
+    got = lambda x: model.apply(params, state, x)[0]  # noqa: E731
+    np.testing.assert_array_equal(got(x), want(x))
+    c = jnp.asarray(np.random.default_rng(2).normal(size=got(x).shape), jnp.float32)
+    for loss in (lambda out: jnp.sum(out * c), lambda out: jnp.sum(out ** 2), jnp.sum):
+        np.testing.assert_allclose(jax.grad(lambda x, loss=loss: loss(got(x)))(x * w),
+                                   jax.grad(lambda x, loss=loss: loss(want(x)))(x * w), rtol=1e-6)
+        np.testing.assert_array_equal(jax.grad(lambda x, loss=loss: loss(got(x)))(x),
+                                      jax.grad(lambda x, loss=loss: loss(want(x)))(x))  # with ties
+
+
+def test_relu_before_an_average_pool_is_not_reordered():
+    from jaxcnn.layers.combinators import pool_before_relu
+
+    model = L.serial(L.Relu(), L.AvgPool(2), L.Tanh(), L.MaxPool(2))
+    info = L.layer_info(model)
+    assert pool_before_relu(info.branches[0], dict(info.children)) == info.branches[0]
+    x = np.zeros((1, 4, 4, 1), np.float32)
+    x[0, :2, :2, 0] = [[-4.0, 2.0], [0.0, -2.0]]  # relu then mean: 0.5; mean then relu: 0
+    x[0, 2:, 2:, 0] = -1.0
+    got = model.apply(*model.init(KEY, x.shape)[1:], jnp.asarray(x))[0]
+    np.testing.assert_allclose(got.ravel(), [np.tanh(0.5)], rtol=1e-6)
