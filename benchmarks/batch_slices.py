@@ -14,7 +14,7 @@ percent within minutes, so besides each value's median images/s the table gives 
 the passes of its ratio to the first value's epoch *in the same pass*, and in how many passes it
 was the faster of the two: a steadier comparison than two medians taken minutes apart.
 
-The value ``unchunked`` is ``auto`` without the chunks of ``cpu.batch_chunks`` (its
+The value ``unchunked`` is ``auto`` without the chunks of ``cpu.chunk_plan`` (its
 ``MIN_CHUNKED_BATCH`` raised while the step is traced), to measure what they gain.
 """
 
@@ -45,7 +45,7 @@ def _value(text: str) -> int | str:
 
 @contextlib.contextmanager
 def _chunks_off(value: int | str):
-    """For ``unchunked``: ``cpu.batch_chunks`` gives 1 inside the block."""
+    """For ``unchunked``: ``cpu.chunk_plan`` makes no chunks inside the block."""
     saved = cpu.slices.MIN_CHUNKED_BATCH
     if value == "unchunked":
         cpu.slices.MIN_CHUNKED_BATCH = 1 << 40

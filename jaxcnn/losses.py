@@ -26,20 +26,33 @@ __all__ = ["accuracy", "example_mean", "is_example_mean", "mse", "softmax_cross_
 
 def example_mean(loss_fn: Callable[..., Array]) -> Callable[..., Array]:
     """Mark ``loss_fn`` as a mean over the examples of per-example terms (with a ``mask``: the
-    sum of mask times term over the sum of the mask, as every loss here is), and return it.
-    Such a loss of a batch is the mask-weighted mean of its losses of parts of the batch, so
+    sum of mask times term over the sum of the mask, as every loss here is), and return it (a
+    wrapper where the function takes no attribute, e.g. a bound method). Such a loss of a batch
+    is the mask-weighted mean of its losses of parts of the batch, so
     :func:`jaxcnn.steps.make_train_step` may compute a large batch's gradient chunk by chunk
-    (:func:`jaxcnn.cpu.batch_chunks`)."""
-    loss_fn.example_mean = True  # type: ignore[attr-defined]
-    return loss_fn
+    (:func:`jaxcnn.cpu.chunk_plan`); a chunk whose mask is all zero counts for nothing, whatever
+    the loss gives there."""
+    try:
+        loss_fn.example_mean = True  # type: ignore[attr-defined]
+        return loss_fn
+    except (AttributeError, TypeError):
+        @functools.wraps(loss_fn)
+        def marked(*args, **kwargs):
+            return loss_fn(*args, **kwargs)
+
+        marked.example_mean = True  # type: ignore[attr-defined]
+        return marked
 
 
 def is_example_mean(loss_fn: Callable[..., Array]) -> bool:
-    """Whether ``loss_fn`` is marked by :func:`example_mean` (the losses here are), directly
-    or as the function of a ``functools.partial``."""
-    while isinstance(loss_fn, functools.partial):
+    """Whether ``loss_fn`` is marked by :func:`example_mean` (the losses here are), itself or
+    as the function of a ``functools.partial``."""
+    while True:
+        if getattr(loss_fn, "example_mean", False) is True:
+            return True
+        if not isinstance(loss_fn, functools.partial):
+            return False
         loss_fn = loss_fn.func
-    return getattr(loss_fn, "example_mean", False) is True
 
 
 def _masked_mean(values: Array, mask: Array | None) -> Array:

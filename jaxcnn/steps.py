@@ -290,22 +290,32 @@ def _value_and_grad_in_chunks(objective: Callable[..., tuple[Array, Array]], par
     of the batch taken one after another (:func:`jaxcnn.cpu.scan_chunks`): each chunk's loss
     and gradient weighted by its share of the batch (of the mask's sum, with a mask)."""
     grad_fn = jax.value_and_grad(objective, has_aux=True)
-    total = None if mask is None else jnp.sum(mask)
+    total = None if mask is None else jnp.sum(mask, dtype=jnp.float32)
+    acc = lambda a: jnp.promote_types(a.dtype, jnp.float32)  # noqa: E731 - sums in >= f32
 
     def body(carry, chunk):
         loss_sum, grad_sum = carry
         x, y, m = chunk
         (loss, logits), grads = grad_fn(params, x, y, m)
-        share = 1.0 / chunks if m is None else jnp.sum(m) / jnp.where(total > 0, total, 1.0)
-        grad_sum = jax.tree.map(lambda s, g: s + (share * g).astype(s.dtype), grad_sum, grads)
-        return (loss_sum + (share * loss).astype(loss_sum.dtype), grad_sum), logits
+        if m is None:
+            share = jnp.float32(1.0 / chunks)
+        else:  # a chunk of padding adds nothing, even where its loss is 0 / 0
+            share = jnp.sum(m, dtype=jnp.float32) / jnp.where(total > 0, total, 1.0)
+
+        def add(s, v):
+            return s + jnp.where(share > 0, share * v.astype(s.dtype), 0)
+
+        return (add(loss_sum, loss), jax.tree.map(add, grad_sum, grads)), logits
 
     rows = images.shape[0] // chunks
     loss_shape, _ = jax.eval_shape(objective, params, images[:rows], labels[:rows],
                                    None if mask is None else mask[:rows])
-    zero = (jnp.zeros((), loss_shape.dtype), jax.tree.map(jnp.zeros_like, params))
+    zero = (jnp.zeros((), acc(loss_shape)), jax.tree.map(lambda p: jnp.zeros(p.shape, acc(p)),
+                                                         params))
     (loss, grads), logits = cpu.scan_chunks(body, zero, (images, labels, mask), chunks)
-    return loss, logits.reshape(images.shape[0], *logits.shape[2:]), grads
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    return (loss.astype(loss_shape.dtype), logits.reshape(images.shape[0], *logits.shape[2:]),
+            grads)
 
 
 def _slice_count(model: Layer, batch_size: int, batch_slices: int | str) -> int:

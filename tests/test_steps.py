@@ -113,3 +113,61 @@ def test_a_loss_not_marked_as_a_mean_over_examples_is_not_chunked(small_chunks):
     assert marked is my_loss and losses.is_example_mean(functools.partial(marked))
     jaxpr = str(jax.make_jaxpr(train.make_train_step(model, marked, opt))(ts, (x, y)))
     assert "scan" in jaxpr
+
+
+def _literal_mean(logits, labels, *, mask=None):
+    """A user's masked mean written literally: 0 / 0 = NaN on a mask of zeros."""
+    per = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)[:, 0]
+    m = jnp.ones_like(per) if mask is None else mask.astype(per.dtype)
+    return jnp.sum(m * per) / jnp.sum(m)
+
+
+def test_a_chunk_of_padding_counts_for_nothing(small_chunks):
+    """The third chunk of this mask is all padding (as in a padded last batch): the literal
+    loss is NaN there, which must not reach the step; an all-zero mask changes nothing."""
+    x, y, mask = _batch()
+    model, opt = _model(), optax.sgd(0.1)
+    ts = train.create_train_state(model, opt, jax.random.key(3), (None, 6, 6, 2))
+    loss = losses.example_mean(_literal_mean)
+    chunked = train.make_train_step(model, loss, opt)
+    whole = train.make_train_step(model, loss, opt, batch_slices=1)
+    assert "scan" in str(jax.make_jaxpr(chunked)(ts, (x, y, mask)))
+    (ts_c, m_c), (ts_w, m_w) = chunked(ts, (x, y, mask)), whole(ts, (x, y, mask))
+    assert bool(m_c["finite"]) and bool(m_w["finite"])
+    np.testing.assert_allclose(m_c["loss"], m_w["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(ts_c.params), jax.tree.leaves(ts_w.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    none = jnp.zeros_like(mask)
+    ts_b, m_b = train.make_train_step(model, losses.softmax_cross_entropy, opt)(ts, (x, y, none))
+    assert float(m_b["loss"]) == 0.0
+    for a, b in zip(jax.tree.leaves(ts_b.params), jax.tree.leaves(ts.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_params_sum_their_chunks_in_float32(small_chunks):
+    x, y, mask = _batch()
+    model, opt = _model(), optax.sgd(1.0)
+    ts = train.create_train_state(model, opt, jax.random.key(3), (None, 6, 6, 2))
+    ts = ts._replace(params=jax.tree.map(lambda p: p.astype(jnp.bfloat16), ts.params))
+    ts = ts._replace(opt_state=opt.init(ts.params))
+    chunked = train.make_train_step(model, losses.softmax_cross_entropy, opt)(ts, (x, y, mask))
+    whole = train.make_train_step(model, losses.softmax_cross_entropy, opt,
+                                  batch_slices=1)(ts, (x, y, mask))
+    for a, b in zip(jax.tree.leaves(chunked[0].params), jax.tree.leaves(whole[0].params),
+                    strict=True):
+        assert a.dtype == jnp.bfloat16
+        # One bf16 rounding of the update apart at most (8 significant bits).
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=2 ** -7, atol=2 ** -9)
+
+
+def test_marks_on_partials_and_methods():
+    class Losses:
+        def ce(self, logits, labels):
+            return losses.softmax_cross_entropy(logits, labels)
+
+    marked = losses.example_mean(functools.partial(_literal_mean))
+    assert losses.is_example_mean(marked)
+    method = losses.example_mean(Losses().ce)
+    assert losses.is_example_mean(method)
+    logits = jnp.zeros((2, 3))
+    np.testing.assert_allclose(method(logits, jnp.zeros(2, jnp.int32)), np.log(3), rtol=1e-6)

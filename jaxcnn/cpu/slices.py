@@ -119,7 +119,7 @@ def chunk_plan(batch_size: object, example_bytes: int | Callable[[], int]) -> Ch
     caches hold; a chunk's are freed before the next chunk starts.
 
     A chunk is :data:`CHUNK_SLICES` slices of ``SLICE_BYTES // example_bytes`` rows (lowered to
-    a power of two, at least :data:`SLICE_ROWS`): LeNet-5 (110 KiB an example) takes 64-row
+    a power of two, at least :data:`SLICE_ROWS`): LeNet-5 (91 KiB an example) takes 64-row
     slices, 256-row chunks; simple_cnn (531 KiB) 16-row slices (32 with AVX-512). From
     :data:`MIN_CHUNKED_BATCH` rows, where that makes at least 2 chunks that divide the batch,
     the CPU mechanisms are on and there is one device; else ``(1, batch_slices(batch_size))``,
