@@ -3,15 +3,16 @@
 Why: by default (asynchronous dispatch) JAX's CPU client runs each call on a dispatch thread of
 its own, which executes the call's operations itself beside the runtime's worker threads, one
 per core. A training step called once per batch from Python, the step a researcher writes by
-hand (``jax.jit`` of ``jax.value_and_grad``), then keeps more threads busy than there are cores:
-on a 2-core Zen 3 it trained simple_cnn and LeNet-5 at 0.55x-0.84x the images/s of the same
-step inside a scanned epoch. Called inline, the same steps ran at 0.95x-1.14x of it
-(``benchmarks/inline_calls.py``; figures in ``benchmarks/README.md``). A scanned epoch, one call
-for many steps, is about the same either way.
+hand (``jax.jit`` of ``jax.value_and_grad``), then keeps more threads busy than there are cores.
+On a 2-core Zen 3, simple_cnn's such step trained at 0.68x (batch 128) and 0.75x (1024) the
+images/s of the same step inside a scanned epoch; called inline, at 0.93x and 1.12x: 1.64x and
+1.43x faster (3/3 passes). LeNet-5's small operations gained nothing (0.96x and 1.02x)
+(``benchmarks/inline_calls.py``; ``benchmarks/README.md``). A scanned epoch, one call for many
+steps, runs about the same either way.
 
 What it costs: a call returns once its result is computed, so Python no longer prepares the
-next batch while the step runs; jaxcnn's epochs keep their data on the device and lose nothing
-by it.
+next batch while the step runs. jaxcnn's scanned epochs keep their data on the device; their
+images/s in the same benchmark were within the machine's noise either way.
 """
 
 from __future__ import annotations
