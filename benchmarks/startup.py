@@ -12,7 +12,8 @@ it filled. The phases, in the order they run:
 - ``python``: from the process's start to the first line of this bootstrap (the interpreter);
 - ``import jax``, then ``import jaxcnn`` (the runner: optax, tensorboardX, NumPy's extras);
 - ``read data``: ``components.load_splits`` (reading and checking the files);
-- ``split``: ``data.train_val_split``, including the wait for scikit-learn's import;
+- ``split``: ``data.train_val_split`` (its rows read from ``<jaxcnn cache>/splits``, where an
+  earlier launch kept them; else with scikit-learn's import);
 - ``normalize``: ``data.channel_stats`` and ``data.normalize``;
 - ``other set-up``: the rest of ``components.build`` (the model's check against the data) and
   the run folder, its summary and config;

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from jaxcnn.layers import Layer
 from jaxcnn.summarize import summary
 
 __all__ = ["Components", "DataSpec", "LossSpec", "ModelSpec", "build", "describe",
-           "import_in_background", "is_config_function", "model_summary", "user_code"]
+           "is_config_function", "model_summary", "user_code"]
 
 ModelSpec = Layer | Callable[[Config], Layer] | None
 DataSpec = data_lib.Splits | Callable[[Config], data_lib.Splits] | None
@@ -56,25 +55,6 @@ class Components:
     script: Path | None
     augment: Callable[..., Any] | None = None
     train_raw: np.ndarray | None = None  # the first training images as loaded, to show
-
-
-def import_in_background(module: str) -> threading.Thread:
-    """Start importing ``module`` on a daemon thread; join it before relying on the import.
-
-    Why: the validation split needs scikit-learn, whose import (about 1 s on a 2-core machine,
-    SciPy included) otherwise follows the dataset's reading in every launch; reading, checking
-    and decompressing the files release the GIL, so the two overlap. A failed import is left to
-    the import that follows, which raises it.
-    """
-    def target() -> None:
-        try:
-            __import__(module)
-        except BaseException:  # noqa: BLE001 - the caller's own import reports it
-            pass
-
-    thread = threading.Thread(target=target, name=f"import {module}", daemon=True)
-    thread.start()
-    return thread
 
 
 def is_config_function(loss: Callable[..., Any]) -> bool:
@@ -152,8 +132,6 @@ def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -
     if len(files) > 1:
         raise ConfigError(f"model, data and loss come from several scripts "
                           f"({', '.join(map(str, sorted(files)))}); define them in one")
-    prefetch = (import_in_background("sklearn.model_selection") if config.val_fraction > 0
-                else None)
     splits = load_splits(config, data)
     train_split, test = splits.train, splits.test
     for split_name, split in (("train", train_split), ("test", test)):
@@ -194,11 +172,11 @@ def build(config: Config, model: ModelSpec, data: DataSpec, loss_fn: LossSpec) -
     aug = augment_lib.parse(",".join(config.augment), num_classes=num_classes)
     _check_fits(layer, loss, splits, names, sources, aug)
     val = None
-    if prefetch is not None:
-        prefetch.join()
+    if config.val_fraction > 0:
         try:
-            train_split, val = data_lib.train_val_split(train_split, config.val_fraction,
-                                                        seed=config.seed)
+            train_split, val = data_lib.train_val_split(
+                train_split, config.val_fraction, seed=config.seed,
+                cache=data_lib.default_cache_dir() / "splits")
         except ValueError as e:  # too few examples on one side for every class
             raise ConfigError(f"Config: val_fraction={config.val_fraction} cannot split the "
                               f"{len(splits.train.labels)} training examples of "

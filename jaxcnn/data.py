@@ -28,7 +28,7 @@ import numpy as np
 from jaxcnn.datasets import DATASETS, builtin_info, load_builtin, read_idx
 from jaxcnn.downloads import CHECKSUMS, MIRRORS, default_cache_dir
 from jaxcnn.image_folder import LAYOUT, folder_info, load_folder
-from jaxcnn.splits import DatasetInfo, Split, Splits, train_val_split
+from jaxcnn.splits import DatasetInfo, Split, Splits, split_rows, train_val_split
 
 __all__ = [
     "CHECKSUMS",
@@ -48,6 +48,7 @@ __all__ = [
     "load_folder",
     "normalize",
     "read_idx",
+    "split_rows",
     "train_val_split",
 ]
 

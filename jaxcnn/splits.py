@@ -5,18 +5,25 @@ Conventions, fixed here for the whole library:
   - labels are ``(N,)`` int32 class indices;
   - a dataset is ``Splits(train, test, class_names)``, each split a ``Split(images, labels)``.
 
-This module is NumPy only: it imports no JAX (scikit-learn only inside :func:`train_val_split`).
+This module is NumPy only: it imports no JAX (scikit-learn only inside :func:`split_rows`, and
+not where its cache already holds the split).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 from typing import NamedTuple, overload
 
 import numpy as np
 
-__all__ = ["DatasetInfo", "Split", "Splits", "train_val_split"]
+__all__ = ["DatasetInfo", "Split", "Splits", "split_rows", "train_val_split"]
 
 
 class Split(NamedTuple):
@@ -74,33 +81,91 @@ class DatasetInfo:
     class_names: tuple[str, ...]
 
 
-def train_val_split(split: Split, val_fraction: float, *, seed: int) -> tuple[Split, Split]:
+def train_val_split(split: Split, val_fraction: float, *, seed: int,
+                    cache: str | os.PathLike[str] | None = None) -> tuple[Split, Split]:
     """Split ``split`` into ``(train, val)``, stratified by label and reproducible by ``seed``.
 
     ``val_fraction`` in (0, 1) is the share of samples that go to ``val``: scikit-learn's
     ``train_test_split(..., stratify=labels, random_state=seed)``, so it takes
     ``ceil(val_fraction * N)`` samples and needs at least two per class and one per class on
-    each side.
+    each side. ``cache``: a folder that keeps the split's rows (:func:`split_rows`).
 
     >>> from jaxcnn.data import load
     >>> train, val = train_val_split(load("digits").train, 0.1, seed=0)
     """
+    images, labels = split
+    rows, val_rows = split_rows(labels, val_fraction, seed=seed, cache=cache)
+    return (Split(images[rows], labels[rows]), Split(images[val_rows], labels[val_rows]))
+
+
+def split_rows(labels: np.ndarray, val_fraction: float, *, seed: int,
+               cache: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows :func:`train_val_split` puts on each side, ``(train_rows, val_rows)``: int64
+    indices into ``labels`` (N,) (or (N, K) soft targets), in the split's shuffled order.
+
+    With ``cache`` (a folder), the rows are kept there in a file named by a hash of the labels,
+    ``val_fraction``, ``seed`` and scikit-learn's version, and read back by the next call with
+    the same four: the runner passes ``<jaxcnn cache>/splits``, so a launch that repeats a
+    split does not import scikit-learn (about 1 s of a 2-core machine's start-up). A file that
+    is not a split of these rows is ignored and written again; a folder that cannot be written
+    only costs the cache."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(
             f"train_val_split: val_fraction={val_fraction!r} but it must lie strictly between "
             f"0 and 1; pass e.g. 0.1."
         )
+    labels = np.asarray(labels)
+    n = len(labels)
+    file = None
+    if cache is not None:
+        key = hashlib.sha256(labels.tobytes())
+        key.update(repr((labels.dtype.str, labels.shape, float(val_fraction), int(seed),
+                         metadata.version("scikit-learn"))).encode())
+        file = Path(cache) / f"{key.hexdigest()[:32]}.npz"
+        rows = _read_rows(file, n)
+        if rows is not None:
+            return rows
     # Imported here: scikit-learn is slow to import and only splitting needs it.
     from sklearn.model_selection import train_test_split
 
-    images, labels = split
     try:
-        x, xv, y, yv = train_test_split(
-            images, labels, test_size=val_fraction, stratify=labels, random_state=seed
-        )
+        rows, val_rows = train_test_split(np.arange(n), test_size=val_fraction, stratify=labels,
+                                          random_state=seed)
     except ValueError as e:
         raise ValueError(
-            f"train_val_split: cannot stratify {len(labels)} samples with "
+            f"train_val_split: cannot stratify {n} samples with "
             f"val_fraction={val_fraction!r} ({e}); use a larger split or val_fraction."
         ) from e
-    return Split(x, y), Split(xv, yv)
+    if file is not None:
+        _write_rows(file, rows, val_rows)
+    return rows, val_rows
+
+
+def _read_rows(file: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows kept in ``file``, where they are a split of ``range(n)``; else None."""
+    try:
+        with np.load(file) as kept:
+            rows, val_rows = kept["rows"], kept["val_rows"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    every = np.concatenate([rows, val_rows])
+    if (rows.ndim != 1 or val_rows.ndim != 1 or every.dtype.kind not in "iu" or len(every) != n
+            or len(val_rows) == 0 or len(rows) == 0 or every.min() < 0 or every.max() >= n
+            or np.bincount(every, minlength=n).max() != 1):
+        return None
+    return rows.astype(np.int64), val_rows.astype(np.int64)
+
+
+def _write_rows(file: Path, rows: np.ndarray, val_rows: np.ndarray) -> None:
+    """Keep the rows in ``file`` (written whole, then renamed; nothing where it cannot)."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, rows=rows, val_rows=val_rows)
+        os.replace(tmp, file)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import struct
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -554,7 +555,7 @@ def test_data_modules_import_no_jax_and_no_private_names(module):
 def test_every_old_public_name_is_still_in_data():
     for name in ("CHECKSUMS", "DATASETS", "MIRRORS", "Batch", "DatasetInfo", "Split", "Splits",
                  "batch_indices", "channel_stats", "default_cache_dir", "info", "iterate_batches",
-                 "load", "normalize", "read_idx", "train_val_split"):
+                 "load", "normalize", "read_idx", "split_rows", "train_val_split"):
         assert name in data.__all__ and hasattr(data, name), name
     assert all(hasattr(data, name) for name in data.__all__)
 
@@ -632,6 +633,62 @@ def test_train_val_split_stratified_disjoint_seeded():
     other = data.train_val_split(split, 0.25, seed=4)[1]
     np.testing.assert_array_equal(same.images, val.images)
     assert not np.array_equal(other.images, val.images)
+
+
+def test_train_val_split_is_sklearns_train_test_split():
+    from sklearn.model_selection import train_test_split
+
+    split = _id_split(300, seed=1)
+    train, val = data.train_val_split(split, 0.2, seed=5)
+    x, xv, y, yv = train_test_split(split.images, split.labels, test_size=0.2,
+                                    stratify=split.labels, random_state=5)
+    for got, want in zip((*train, *val), (x, y, xv, yv), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_split_rows_cache_is_read_back_without_sklearn(tmp_path, monkeypatch):
+    labels = _id_split(200).labels
+    want = data.split_rows(labels, 0.1, seed=2)
+    got = data.split_rows(labels, 0.1, seed=2, cache=tmp_path)
+    kept = list(tmp_path.iterdir())
+    assert len(kept) == 1 and kept[0].suffix == ".npz"
+    monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # importing it now fails
+    again = data.split_rows(labels, 0.1, seed=2, cache=tmp_path)
+    for a, b, c in zip(want, got, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    with pytest.raises(ImportError):  # another seed is not in the cache
+        data.split_rows(labels, 0.1, seed=3, cache=tmp_path)
+    with pytest.raises(ImportError):  # nor are other labels
+        data.split_rows(labels[::-1].copy(), 0.1, seed=2, cache=tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["garbage", "not a split", "rows of another size"])
+def test_split_rows_cache_ignores_and_rewrites_a_bad_file(tmp_path, bad):
+    labels = _id_split(100).labels
+    want = data.split_rows(labels, 0.2, seed=0)
+    data.split_rows(labels, 0.2, seed=0, cache=tmp_path)
+    file, = tmp_path.iterdir()
+    if bad == "garbage":
+        file.write_bytes(b"not an npz file")
+    elif bad == "not a split":
+        np.savez(file, rows=np.zeros(80, np.int64), val_rows=np.arange(20))
+    else:
+        np.savez(file, rows=np.arange(50), val_rows=np.arange(50, 60))
+    got = data.split_rows(labels, 0.2, seed=0, cache=tmp_path)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with np.load(file) as kept:  # written again
+        np.testing.assert_array_equal(kept["val_rows"], want[1])
+
+
+def test_split_rows_where_the_cache_cannot_be_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder would be")
+    labels = _id_split(100).labels
+    got = data.split_rows(labels, 0.2, seed=0, cache=blocker / "splits")
+    for a, b in zip(data.split_rows(labels, 0.2, seed=0), got, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])

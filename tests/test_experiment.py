@@ -4,7 +4,6 @@ import io
 import json
 import math
 import shutil
-import sys
 
 import jax
 import numpy as np
@@ -15,8 +14,8 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from jaxcnn import checkpoint as ckpt
-from jaxcnn import components, experiment, models, registry, runs, train, visualize, walk
 from jaxcnn import config as C
+from jaxcnn import experiment, models, registry, runs, train, visualize, walk
 from jaxcnn.errors import CheckpointError, ConfigError, LayerError, NonFiniteLossError, RunError
 from jaxcnn.tracking import MemoryWriter
 
@@ -501,18 +500,3 @@ def test_tensorboard_server_shows_a_run_folder(full_run, tmp_path):
         assert step == last
         np.testing.assert_array_equal(np.asarray(got.convert("L")),
                                       np.round(np.asarray(want)[..., 0] * 255).astype(np.uint8))
-
-
-def test_import_in_background_imports_and_leaves_failures_to_the_caller(tmp_path, monkeypatch):
-    (tmp_path / "jaxcnn_bg_ok.py").write_text("VALUE = 7\n")
-    (tmp_path / "jaxcnn_bg_bad.py").write_text("raise RuntimeError('broken on purpose')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("jaxcnn_bg_ok", "jaxcnn_bg_bad"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    components.import_in_background("jaxcnn_bg_ok").join(timeout=30)
-    assert sys.modules["jaxcnn_bg_ok"].VALUE == 7
-    thread = components.import_in_background("jaxcnn_bg_bad")
-    thread.join(timeout=30)
-    assert not thread.is_alive() and "jaxcnn_bg_bad" not in sys.modules
-    with pytest.raises(RuntimeError, match="broken on purpose"):
-        __import__("jaxcnn_bg_bad")
