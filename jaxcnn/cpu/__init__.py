@@ -16,7 +16,9 @@ of its own there, each kept because a paired benchmark showed 5% or more on some
   1.13x-1.50x the images/s of the whole batch on 2 cores. From batch 256, ``make_train_step``
   takes the gradient in chunks of 4 slices one after another (:func:`chunk_plan`, sized by
   the model's bytes per example, :func:`scan_chunks`): simple_cnn 1.12x-1.24x, LeNet-5
-  1.02x-1.06x over the whole batch in its slices (Zen 3).
+  1.02x-1.06x over the whole batch in its slices (Zen 3, with calls dispatched
+  asynchronously). With calls inline, on Zen 3 the chunks gained nothing (0.91x-1.03x); they
+  stay until the AVX-512 kind, where they gained 1.30x, is measured with calls inline.
 - :mod:`jaxcnn.cpu.memory`: glibc's ``malloc`` keeping the memory it frees
   (:func:`keep_freed_memory`), which the runner applies: 1.01x-1.28x.
 - :mod:`jaxcnn.cpu.dispatch`: JAX's CPU client running each compiled call on the calling
