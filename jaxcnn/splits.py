@@ -93,7 +93,10 @@ def train_val_split(split: Split, val_fraction: float, *, seed: int,
     >>> from jaxcnn.data import load
     >>> train, val = train_val_split(load("digits").train, 0.1, seed=0)
     """
-    images, labels = split
+    images, labels = np.asarray(split.images), np.asarray(split.labels)
+    if len(images) != len(labels):
+        raise ValueError(f"train_val_split: {len(images)} images but {len(labels)} labels; "
+                         f"give one label per image")
     rows, val_rows = split_rows(labels, val_fraction, seed=seed, cache=cache)
     return (Split(images[rows], labels[rows]), Split(images[val_rows], labels[val_rows]))
 
@@ -116,12 +119,8 @@ def split_rows(labels: np.ndarray, val_fraction: float, *, seed: int,
         )
     labels = np.asarray(labels)
     n = len(labels)
-    file = None
-    if cache is not None:
-        key = hashlib.sha256(labels.tobytes())
-        key.update(repr((labels.dtype.str, labels.shape, float(val_fraction), int(seed),
-                         metadata.version("scikit-learn"))).encode())
-        file = Path(cache) / f"{key.hexdigest()[:32]}.npz"
+    file = _rows_file(cache, labels, val_fraction, seed) if cache is not None else None
+    if file is not None:
         rows = _read_rows(file, n)
         if rows is not None:
             return rows
@@ -138,7 +137,21 @@ def split_rows(labels: np.ndarray, val_fraction: float, *, seed: int,
         ) from e
     if file is not None:
         _write_rows(file, rows, val_rows)
-    return rows, val_rows
+    return rows.astype(np.int64), val_rows.astype(np.int64)
+
+
+def _rows_file(cache: str | os.PathLike[str], labels: np.ndarray, val_fraction: float,
+               seed: int) -> Path | None:
+    """The file in ``cache`` that keeps this split's rows; None where scikit-learn's version
+    cannot be read (no cache then: a file could outlive the split it was made by)."""
+    try:
+        version = metadata.version("scikit-learn")
+    except metadata.PackageNotFoundError:
+        return None
+    key = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
+    key.update(repr((labels.dtype.str, labels.shape, float(val_fraction), int(seed),
+                     version)).encode())
+    return Path(cache) / f"{key.hexdigest()[:32]}.npz"
 
 
 def _read_rows(file: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -146,12 +159,15 @@ def _read_rows(file: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         with np.load(file) as kept:
             rows, val_rows = kept["rows"], kept["val_rows"]
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
-    every = np.concatenate([rows, val_rows])
-    if (rows.ndim != 1 or val_rows.ndim != 1 or every.dtype.kind not in "iu" or len(every) != n
-            or len(val_rows) == 0 or len(rows) == 0 or every.min() < 0 or every.max() >= n
-            or np.bincount(every, minlength=n).max() != 1):
+        if (rows.ndim != 1 or val_rows.ndim != 1 or rows.dtype.kind not in "iu"
+                or val_rows.dtype.kind not in "iu" or len(rows) == 0 or len(val_rows) == 0
+                or len(rows) + len(val_rows) != n):
+            return None
+        every = np.concatenate([rows, val_rows]).astype(np.int64)
+        if every.min() < 0 or every.max() >= n or np.bincount(every, minlength=n).max() != 1:
+            return None
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, EOFError,
+            zipfile.BadZipFile):
         return None
     return rows.astype(np.int64), val_rows.astype(np.int64)
 
@@ -165,7 +181,9 @@ def _write_rows(file: Path, rows: np.ndarray, val_rows: np.ndarray) -> None:
         return
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, rows=rows, val_rows=val_rows)
+            small = np.int32 if len(rows) + len(val_rows) < 2**31 else np.int64
+            np.savez_compressed(f, rows=rows.astype(small), val_rows=val_rows.astype(small))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shared cache from other users
         os.replace(tmp, file)
     except OSError:
         Path(tmp).unlink(missing_ok=True)

@@ -661,9 +661,59 @@ def test_split_rows_cache_is_read_back_without_sklearn(tmp_path, monkeypatch):
         data.split_rows(labels, 0.1, seed=3, cache=tmp_path)
     with pytest.raises(ImportError):  # nor are other labels
         data.split_rows(labels[::-1].copy(), 0.1, seed=2, cache=tmp_path)
+    with pytest.raises(ImportError):  # nor another fraction
+        data.split_rows(labels, 0.2, seed=2, cache=tmp_path)
+    with pytest.raises(ImportError):  # nor the same values in another dtype
+        data.split_rows(labels.astype(np.int64), 0.1, seed=2, cache=tmp_path)
 
 
-@pytest.mark.parametrize("bad", ["garbage", "not a split", "rows of another size"])
+def test_split_rows_cache_of_soft_targets(tmp_path):
+    labels = np.eye(4, dtype=np.float32)[_id_split(120).labels]  # (N, 4) one-hot
+    want = data.split_rows(labels, 0.25, seed=1)
+    data.split_rows(labels, 0.25, seed=1, cache=tmp_path)
+    got = data.split_rows(labels, 0.25, seed=1, cache=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    counts = np.bincount(labels[want[1]].argmax(1), minlength=4)  # stratified by class
+    assert np.all(np.abs(counts - 0.25 * np.bincount(labels.argmax(1), minlength=4)) <= 1)
+
+
+def test_split_rows_without_sklearns_version_keeps_no_cache(tmp_path, monkeypatch):
+    from jaxcnn import splits
+
+    def missing(name):
+        raise splits.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(splits.metadata, "version", missing)
+    labels = _id_split(100).labels
+    got = data.split_rows(labels, 0.2, seed=0, cache=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    for a, b in zip(data.split_rows(labels, 0.2, seed=0), got, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_val_split_refuses_images_and_labels_of_different_lengths():
+    split = _id_split(50)
+    with pytest.raises(ValueError, match="50 images but 49 labels"):
+        data.train_val_split(data.Split(split.images, split.labels[:49]), 0.2, seed=0)
+
+
+def test_the_runner_keeps_its_split_in_the_cache(tmp_path, monkeypatch):
+    from jaxcnn import components
+    from jaxcnn import config as C
+
+    monkeypatch.setenv("JAXCNN_CACHE", str(tmp_path))
+    cfg = C.Config(dataset="digits", model="simple_cnn", val_fraction=0.1)
+    built = components.build(cfg, None, None, None)
+    kept, = (tmp_path / "splits").iterdir()
+    train = data.load("digits").train
+    with np.load(kept) as rows:
+        np.testing.assert_array_equal(built.val.labels, train.labels[rows["val_rows"]])
+
+
+@pytest.mark.parametrize("bad", ["garbage", "not a split", "rows of another size",
+                                 "rows of another rank", "an npy file"])
 def test_split_rows_cache_ignores_and_rewrites_a_bad_file(tmp_path, bad):
     labels = _id_split(100).labels
     want = data.split_rows(labels, 0.2, seed=0)
@@ -673,8 +723,13 @@ def test_split_rows_cache_ignores_and_rewrites_a_bad_file(tmp_path, bad):
         file.write_bytes(b"not an npz file")
     elif bad == "not a split":
         np.savez(file, rows=np.zeros(80, np.int64), val_rows=np.arange(20))
-    else:
+    elif bad == "rows of another size":
         np.savez(file, rows=np.arange(50), val_rows=np.arange(50, 60))
+    elif bad == "rows of another rank":
+        np.savez(file, rows=np.arange(80).reshape(80, 1), val_rows=np.arange(80, 100))
+    else:
+        with open(file, "wb") as f:
+            np.save(f, np.arange(100))
     got = data.split_rows(labels, 0.2, seed=0, cache=tmp_path)
     for a, b in zip(want, got, strict=True):
         np.testing.assert_array_equal(a, b)
