@@ -478,6 +478,9 @@ case("data-idx-path-missing")(lambda c: data.read_idx(c.tmp / "t10k-labels-idx1-
 case("data-normalize-std")(lambda c: data.normalize(np.zeros((2, 4, 4, 1), np.float32), 0.5,
                                                     0.0))
 
+case("data-split-lengths")(lambda c: data.train_val_split(
+    data.Split(np.zeros((50, 2, 2, 1), np.float32), np.zeros(49, np.int32)), 0.1, seed=0))
+
 
 def _image_folder(c: Ctx, counts: dict[str, int], size: tuple[int, int] = (6, 6)) -> Path:
     """``counts[cls]`` flat grey PNGs of ``size`` (H, W) in ``<tmp>/photos/<cls>/``."""
