@@ -158,10 +158,8 @@ def prepare(tmp: Path, folder: Path) -> tuple[dict, Path]:
 
     config = cli.load_experiment("mnist_lenet5").get_config()
     splits = data_lib.load("mnist", data_dir=folder, download=False)
-    rows, _ = data_lib.train_val_split(data_lib.Split(np.arange(len(splits.train.labels)),
-                                                      splits.train.labels),
-                                       config.val_fraction, seed=config.seed)
-    np.save(tmp / "rows.npy", rows.images)
+    rows, _ = data_lib.split_rows(splits.train.labels, config.val_fraction, seed=config.seed)
+    np.save(tmp / "rows.npy", rows)
     steps = len(rows.labels) // config.batch_size
     model = registry.build_model(config.model, 10)
     optimizer = registry.build_optimizer(config, steps)

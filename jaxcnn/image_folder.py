@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxcnn.datasets import DATASETS
 from jaxcnn.errors import DataError, DatasetNotFoundError
-from jaxcnn.splits import DatasetInfo, Split, Splits, train_val_split
+from jaxcnn.splits import DatasetInfo, Split, Splits, split_rows
 
 __all__ = ["IMAGE_EXTENSIONS", "LAYOUT", "SPLIT_SEED", "folder_info", "load_folder"]
 
@@ -100,12 +100,10 @@ def load_folder(
         return Splits(train, test, scan.class_names)
     labels = np.array([im.label for im in scan.train], dtype=np.int32)
     _check_stratifiable(scan, labels, test_fraction)
-    rows, test_rows = train_val_split(
-        Split(np.arange(len(labels)), labels), test_fraction, seed=SPLIT_SEED
-    )
+    rows, test_rows = split_rows(labels, test_fraction, seed=SPLIT_SEED)
     # Each split back in file order (class by class, sorted names), whatever the shuffle was.
-    train = _read_all([scan.train[i] for i in np.sort(rows.images)], scan.shape)
-    test = _read_all([scan.train[i] for i in np.sort(test_rows.images)], scan.shape)
+    train = _read_all([scan.train[i] for i in np.sort(rows)], scan.shape)
+    test = _read_all([scan.train[i] for i in np.sort(test_rows)], scan.shape)
     return Splits(train, test, scan.class_names)
 
 
