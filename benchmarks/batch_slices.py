@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/batch_slices.py                 # the table in benchmarks/README
     .venv/bin/python benchmarks/batch_slices.py --models lenet5 --batches 128 \\
         --slices 4,auto,16 --passes 30
-    .venv/bin/python benchmarks/batch_slices.py --batches 1024 --slices unchunked,auto
+    .venv/bin/python benchmarks/batch_slices.py --batches 1024 --slices 1,auto
 
 A model is a name from ``jaxcnn.models`` or an experiment (``scripts.load_experiment``: a name
 or a script's path) whose ``get_model`` builds it, e.g. ``fashion_augmented`` (with Dropout).
@@ -13,15 +13,11 @@ momentum), run in interleaved passes whose order rotates. This machine's speed d
 percent within minutes, so besides each value's median images/s the table gives the median over
 the passes of its ratio to the first value's epoch *in the same pass*, and in how many passes it
 was the faster of the two: a steadier comparison than two medians taken minutes apart.
-
-The value ``unchunked`` is ``auto`` without the chunks of ``cpu.chunk_plan`` (its
-``MIN_CHUNKED_BATCH`` raised while the step is traced), to measure what they gain.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -40,19 +36,7 @@ from jaxcnn.losses import softmax_cross_entropy  # noqa: E402
 
 
 def _value(text: str) -> int | str:
-    return text if text in ("auto", "unchunked") else int(text)
-
-
-@contextlib.contextmanager
-def _chunks_off(value: int | str):
-    """For ``unchunked``: ``cpu.chunk_plan`` makes no chunks inside the block."""
-    saved = cpu.slices.MIN_CHUNKED_BATCH
-    if value == "unchunked":
-        cpu.slices.MIN_CHUNKED_BATCH = 1 << 40
-    try:
-        yield
-    finally:
-        cpu.slices.MIN_CHUNKED_BATCH = saved
+    return text if text == "auto" else int(text)
 
 
 def random_data(batch: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,27 +61,12 @@ def build(model_name: str, batch: int, slices, x: np.ndarray, y: np.ndarray,
     model = make_model(model_name)
     opt = optax.sgd(0.01, momentum=0.9)
     step = train_lib.make_train_step(model, softmax_cross_entropy, opt, jit=False,
-                                     batch_slices="auto" if slices == "unchunked" else slices)
+                                     batch_slices=slices)
     epoch = train_lib.make_epoch_fn(step, x, y, batch, driver="scan",
                                     steps_per_call=steps_per_call)
     ts = train_lib.create_train_state(model, opt, jax.random.key(0), (None, 28, 28, 1))
-    with _chunks_off(slices):  # read when the step is traced, on this first call
-        jax.block_until_ready(epoch(ts, seed=0, epoch=0))
+    jax.block_until_ready(epoch(ts, seed=0, epoch=0))
     return lambda e: jax.block_until_ready(epoch(ts, seed=0, epoch=e))
-
-
-def describe_plan(model_name: str, batch: int, value: int | str) -> str:
-    """``chunks x slices`` that a step with ``batch_slices=value`` computes a batch in."""
-    model = make_model(model_name)
-    slices = train_lib.batch_slices_for(model, batch, "auto" if value == "unchunked" else value)
-    if value != "auto":
-        return f"1 x {slices}"
-    _, params, state = model.init(jax.random.key(0), (1, 28, 28, 1))
-    size = cpu.example_bytes(lambda p, x: model.apply(p, state, x, key=jax.random.key(0),
-                                                      train=True)[0],
-                             params, np.zeros((1, 28, 28, 1), np.float32))
-    plan = cpu.chunk_plan(batch, size)
-    return f"{plan.chunks} x {plan.slices}"
 
 
 def main(argv=None) -> None:
@@ -114,8 +83,8 @@ def main(argv=None) -> None:
     values = list(dict.fromkeys(_value(s.strip()) for s in args.slices.split(",") if s.strip()))
     print(f"{os.cpu_count()} cores; jax {jax.__version__} ({jax.default_backend()}); "
           f"{args.passes} interleaved passes; load average {os.getloadavg()[0]:.2f}")
-    print("\n| model | batch | batch_slices | chunks x slices | img/s (median) | x first, same "
-          "pass (median) | passes won |")
+    print("\n| model | batch | batch_slices | slices | img/s (median) | x first, same pass "
+          "(median) | passes won |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
         for batch in [int(b) for b in args.batches.split(",") if b.strip()]:
@@ -123,7 +92,8 @@ def main(argv=None) -> None:
             # One copy of the data for every value, so that they differ in their program only.
             x, y = random_data(batch, steps)
             runs = {v: build(model_name, batch, v, x, y) for v in values}
-            chunk_plans = {v: describe_plan(model_name, batch, v) for v in values}
+            counts = {v: train_lib.batch_slices_for(make_model(model_name), batch, v)
+                      for v in values}
             secs = {v: [] for v in values}
             for k in range(args.passes):
                 order = values[k % len(values):] + values[:k % len(values)]
@@ -134,7 +104,7 @@ def main(argv=None) -> None:
             ref = np.array(secs[values[0]])
             for v in values:
                 ratio = ref / np.array(secs[v])  # > 1: faster than the first value
-                used = chunk_plans.get(v, "")
+                used = counts[v]
                 won = "" if v == values[0] else f"{int((ratio > 1).sum())}/{args.passes}"
                 print(f"| {model_name} | {batch} | {v} | {used} | "
                       f"{statistics.median(batch * steps / np.array(secs[v])):,.0f} | "

@@ -8,8 +8,9 @@ A checkpoint named ``ckpt-000003`` in folder ``checkpoints/`` is two files:
 - ``ckpt-000003.json``: the caller's metadata (epoch, step, config, history, ...) plus the npz
   file's size and sha256, so a truncated or altered npz is recognised as incomplete.
 
-Every file is written atomically: into a temporary file in the same folder, flushed and fsynced,
-renamed over the target with ``os.replace``, then the folder is fsynced. The npz is written
+Every file is written atomically (:func:`jaxcnn.files.atomic_write`): into a temporary file in
+the same folder, flushed and fsynced, renamed over the target with ``os.replace``, then the
+folder is fsynced. The npz is written
 before its JSON and the ``latest`` file (the name of the newest checkpoint) last, so a kill at any
 moment leaves the previous checkpoint intact and named. :func:`latest` trusts ``latest`` only if
 it names a complete checkpoint, and otherwise falls back to the newest complete one; stray
@@ -35,7 +36,6 @@ import io
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,67 +44,14 @@ import jax
 import numpy as np
 
 from jaxcnn.checks import is_key
-from jaxcnn.errors import CheckpointError, RunError
+from jaxcnn.errors import CheckpointError
+from jaxcnn.files import TMP_PREFIX, atomic_write
 
-__all__ = ["atomic_write", "checkpoints", "flatten", "is_complete", "latest", "read_metadata",
+__all__ = ["checkpoints", "flatten", "is_complete", "latest", "read_metadata",
            "restore", "save", "prune"]
 
 LATEST = "latest"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_TMP_PREFIX = ".tmp-"
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never part.
-
-    A temporary file in the same folder is written, flushed and fsynced, renamed over ``path``
-    (``os.replace`` is atomic within one file system), and the folder is fsynced so the rename
-    itself survives a crash. Raises RunError naming ``path`` when it cannot be written (no such
-    folder, not writable, disk full).
-    """
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    # Opened like an ordinary new file (mode 0o666 less the umask), under a random name.
-    for _ in range(100):
-        tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{secrets.token_hex(4)}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as e:  # no such folder, not writable, ...: not a traceback from os
-            raise RunError(f"cannot write {path} ({e.strerror or e}); check that its folder "
-                           f"exists and is writable") from None
-        break
-    else:
-        raise CheckpointError(f"cannot create a temporary file beside {path}")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RunError(f"cannot write {path} ({e.strerror or e}); the previous version is intact; "
-                       f"check that the disk is not full") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _key_name(k: Any) -> str:
@@ -143,7 +90,7 @@ def save(directory: str | os.PathLike[str], name: str, tree: Any,
     except OSError as e:
         raise CheckpointError(f"cannot create the checkpoint folder {folder} "
                               f"({e.strerror or e}); pass a folder you can write") from None
-    for stale in folder.glob(f"{_TMP_PREFIX}*"):  # left by a kill during an earlier save
+    for stale in folder.glob(f"{TMP_PREFIX}*"):  # left by a kill during an earlier save
         stale.unlink(missing_ok=True)
     arrays, key_leaves = {}, []
     for path, leaf in flatten(tree).items():
@@ -212,7 +159,7 @@ def checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
     folder = Path(directory)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.npz") if not p.name.startswith(_TMP_PREFIX)
+    return sorted(p for p in folder.glob("*.npz") if not p.name.startswith(TMP_PREFIX)
                   and p.with_suffix(".json").exists())
 
 

@@ -53,6 +53,7 @@ from jaxcnn import data as data_lib
 from jaxcnn.components import Components, DataSpec, LossSpec, ModelSpec
 from jaxcnn.config import Config, FiltersConfig
 from jaxcnn.errors import CheckpointError, ConfigError, NonFiniteLossError, RunError
+from jaxcnn.files import atomic_write
 from jaxcnn.runs import RunResult
 from jaxcnn.signals import StopSignals
 from jaxcnn.summarize import summary
@@ -375,7 +376,7 @@ def run(config: Config | FiltersConfig, *, model: ModelSpec = None, data: DataSp
     run_dir = _new_run_dir(config)
     if _is_main(config):
         script = scripts.copy_script(parts.script, run_dir) if parts.script else None
-        ckpt.atomic_write(run_dir / runs.SUMMARY_FILE,
+        atomic_write(run_dir / runs.SUMMARY_FILE,
                           f"{components.describe(config, parts.sources)}\n{table}\n")
         runs.write_status(run_dir, experiment=config.experiment, run=run_dir.name,
                           start_time=datetime.now().isoformat(timespec="seconds"),

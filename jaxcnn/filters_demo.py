@@ -11,13 +11,13 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcnn import checkpoint as ckpt
 from jaxcnn import config as config_lib
 from jaxcnn import filters as filters_lib
 from jaxcnn import layers as layers_lib
 from jaxcnn import runs, visualize
 from jaxcnn.config import FiltersConfig
 from jaxcnn.errors import ConfigError
+from jaxcnn.files import atomic_write
 from jaxcnn.layers import Layer
 from jaxcnn.summarize import summary
 from jaxcnn.tracking import TensorBoardWriter
@@ -76,7 +76,7 @@ def run_filters(config: FiltersConfig) -> runs.RunResult:
     table = filters_summary(config)
     run_dir = runs.make_run_dir(config.runs_dir, config.experiment)
     runs.save_config(run_dir, config)
-    ckpt.atomic_write(run_dir / runs.SUMMARY_FILE, table + "\n")
+    atomic_write(run_dir / runs.SUMMARY_FILE, table + "\n")
     start = time.perf_counter()
     runs.write_status(run_dir, experiment=config.experiment, run=run_dir.name,
                   start_time=datetime.now().isoformat(timespec="seconds"), status="running")

@@ -45,6 +45,7 @@ from jaxcnn.ema import ema_of
 from jaxcnn.epoch_images import EpochImages
 from jaxcnn.epochs import make_epoch_fn
 from jaxcnn.errors import NonFiniteLossError
+from jaxcnn.files import atomic_write
 from jaxcnn.layers import Layer
 from jaxcnn.losses import softmax_cross_entropy
 from jaxcnn.progress import EpochBar, in_notebook
@@ -443,7 +444,7 @@ class Loop:
         ckpt.save(self.ckpt_dir, name, distributed.local_copy(self.ts), meta)
         best = self.best["checkpoint"] if self.best else None
         if best is not None:
-            ckpt.atomic_write(self.ckpt_dir / "best", f"{best}\n")
+            atomic_write(self.ckpt_dir / "best", f"{best}\n")
         ckpt.prune(self.ckpt_dir, self.keep_checkpoints, protect=[best] if best else [])
         if self.on_save is not None:
             self.on_save(self)

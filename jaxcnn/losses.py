@@ -11,9 +11,6 @@ concrete, and give NaN under ``jit`` (never another class's loss, as indexing wo
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,38 +18,7 @@ import optax
 
 from jaxcnn.typedefs import Array
 
-__all__ = ["accuracy", "example_mean", "is_example_mean", "mse", "softmax_cross_entropy"]
-
-
-def example_mean(loss_fn: Callable[..., Array]) -> Callable[..., Array]:
-    """Mark ``loss_fn`` as a mean over the examples of per-example terms (with a ``mask``: the
-    sum of mask times term over the sum of the mask, as every loss here is), and return it (a
-    wrapper where the function takes no attribute, e.g. a bound method). Such a loss of a batch
-    is the mask-weighted mean of its losses of parts of the batch, so
-    :func:`jaxcnn.steps.make_train_step` may compute a large batch's gradient chunk by chunk
-    (:func:`jaxcnn.cpu.chunk_plan`); a chunk whose mask is all zero counts for nothing, whatever
-    the loss gives there."""
-    try:
-        loss_fn.example_mean = True  # type: ignore[attr-defined]
-        return loss_fn
-    except (AttributeError, TypeError):
-        @functools.wraps(loss_fn)
-        def marked(*args, **kwargs):
-            return loss_fn(*args, **kwargs)
-
-        marked.example_mean = True  # type: ignore[attr-defined]
-        return marked
-
-
-def is_example_mean(loss_fn: Callable[..., Array]) -> bool:
-    """Whether ``loss_fn`` is marked by :func:`example_mean` (the losses here are), itself or
-    as the function of a ``functools.partial``."""
-    while True:
-        if getattr(loss_fn, "example_mean", False) is True:
-            return True
-        if not isinstance(loss_fn, functools.partial):
-            return False
-        loss_fn = loss_fn.func
+__all__ = ["accuracy", "mse", "softmax_cross_entropy"]
 
 
 def _masked_mean(values: Array, mask: Array | None) -> Array:
@@ -104,7 +70,6 @@ def _check_labels(where: str, logits: Array, labels: Array, mask: Array | None) 
     return valid
 
 
-@example_mean
 def softmax_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = None,
                           label_smoothing: float = 0.0) -> Array:
     """Mean cross-entropy of softmax(logits) against the labels. logits: (N, K) float; labels:
@@ -136,7 +101,6 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, mask: Array | None = 
     return _masked_mean(per_example, mask)
 
 
-@example_mean
 def mse(pred: Array, target: Array, *, mask: Array | None = None) -> Array:
     """Half the mean squared error, the tutorials' 1/2 (actual - predicted)^2 averaged over every
     element: ``0.5 * mean((pred - target) ** 2)``. pred, target: (N, ...) of one shape (e.g.

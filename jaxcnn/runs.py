@@ -24,9 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jaxcnn import checkpoint as ckpt
 from jaxcnn import config as config_lib
 from jaxcnn.errors import ConfigError, RunError
+from jaxcnn.files import atomic_write
 
 __all__ = ["CHECKPOINTS", "CONFIG_FILE", "STATUS_FILE", "SUMMARY_FILE", "RunResult", "code_block",
            "config_dict", "hparams_written", "load_config", "make_run_dir", "read_status",
@@ -109,7 +109,7 @@ def write_status(run_dir: str | os.PathLike[str], *, drop: Sequence[str] = (),
                  **values: Any) -> None:
     """Update ``run.json`` with ``values`` and without the keys in ``drop``, atomically."""
     status = {k: v for k, v in {**read_status(run_dir), **values}.items() if k not in drop}
-    ckpt.atomic_write(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=1, allow_nan=True))
+    atomic_write(Path(run_dir) / STATUS_FILE, json.dumps(status, indent=1, allow_nan=True))
 
 
 def hparams_written(run_dir: str | os.PathLike[str]) -> bool:
@@ -143,7 +143,7 @@ def config_dict(config: Any, sources: Mapping[str, str] | None = None) -> dict[s
 def save_config(run_dir: str | os.PathLike[str], config: Any,
                 sources: Mapping[str, str] | None = None) -> None:
     """Write ``config.json`` (see :func:`config_dict`) atomically."""
-    ckpt.atomic_write(Path(run_dir) / CONFIG_FILE,
+    atomic_write(Path(run_dir) / CONFIG_FILE,
                       json.dumps(config_dict(config, sources), indent=2) + "\n")
 
 

@@ -12,8 +12,8 @@ not where its cache already holds the split).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import NamedTuple, overload
 
 import numpy as np
+
+from jaxcnn.errors import RunError
+from jaxcnn.files import atomic_write
 
 __all__ = ["DatasetInfo", "Split", "Splits", "split_rows", "train_val_split"]
 
@@ -173,17 +176,12 @@ def _read_rows(file: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _write_rows(file: Path, rows: np.ndarray, val_rows: np.ndarray) -> None:
-    """Keep the rows in ``file`` (written whole, then renamed; nothing where it cannot)."""
+    """Keep the rows in ``file`` (:func:`jaxcnn.files.atomic_write`; nothing where it cannot)."""
+    small = np.int32 if len(rows) + len(val_rows) < 2**31 else np.int64
+    blob = io.BytesIO()
+    np.savez_compressed(blob, rows=rows.astype(small), val_rows=val_rows.astype(small))
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            small = np.int32 if len(rows) + len(val_rows) < 2**31 else np.int64
-            np.savez_compressed(f, rows=rows.astype(small), val_rows=val_rows.astype(small))
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shared cache from other users
-        os.replace(tmp, file)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        atomic_write(file, blob.getvalue())
+    except (OSError, RunError):
+        pass

@@ -24,7 +24,7 @@ import optax
 from jaxcnn import cpu, distributed
 from jaxcnn import data as data_lib
 from jaxcnn.layers import Layer, layer_info
-from jaxcnn.losses import accuracy, is_example_mean, softmax_cross_entropy
+from jaxcnn.losses import accuracy, softmax_cross_entropy
 from jaxcnn.typedefs import Array, Key, Params, Shape, State
 from jaxcnn.walk import first_not_per_example
 
@@ -176,11 +176,7 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     (``benchmarks/README.md``, "Batch slices"). ``"auto"`` is the count a per-example
     :func:`jaxcnn.layers.serial` takes by itself in training mode (so a hand-written step gets
     the same); an int overrides it, 1 turns slicing off. A model that is not per-example
-    refuses an int > 1. With ``"auto"``, a per-example model and a loss that is a mean over
-    the examples (:func:`jaxcnn.losses.example_mean`, as the built-in losses are), a batch of
-    256 or more is taken in chunks one after another where :func:`jaxcnn.cpu.chunk_plan` says
-    so (simple_cnn 1.12x-1.24x): the loss and gradient are the chunks' weighted by their share
-    of the batch (of the mask's sum), the same up to float rounding.
+    refuses an int > 1.
     """
     _check_batch_slices(model, batch_slices)
     call_loss = loss_caller(loss_fn, "make_train_step")
@@ -207,19 +203,8 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
             logits, new_state = forward(params, ts.state, images, key, count)
             return call_loss(logits, labels, mask), (logits, new_state)
 
-        plan = _chunk_plan(model, loss_fn, ts, images, batch_slices)
-        if plan.chunks == 1:
-            (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-                ts.params)
-        else:  # per-example: no batch statistics, the state stays as it is
-
-            def chunk_objective(params, x, y, m):
-                logits = forward(params, ts.state, x, key, plan.slices)[0]
-                return call_loss(logits, y, m), logits
-
-            loss, logits, grads = _value_and_grad_in_chunks(
-                chunk_objective, ts.params, images, labels, mask, plan.chunks)
-            new_state = ts.state
+        (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+            ts.params)
         updates, opt_state = opt.update(grads, ts.opt_state, ts.params, value=loss, grad=grads,
                                         value_fn=lambda p: objective(p)[0])
         params = optax.apply_updates(ts.params, updates)
@@ -256,66 +241,6 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     """
     _check_batch_slices(model, batch_slices)
     return _slice_count(model, batch_size, batch_slices)
-
-
-def _chunk_plan(model: Layer, loss_fn: LossFn, ts: TrainState, images: Array,
-                batch_slices: int | str) -> cpu.ChunkPlan:
-    """How :func:`make_train_step` computes the gradient: in :func:`jaxcnn.cpu.chunk_plan`'s
-    chunks for ``batch_slices="auto"``, a per-example model and a loss that is a mean over the
-    examples (:func:`jaxcnn.losses.is_example_mean`); else whole (``chunks == 1``)."""
-    n = images.shape[0]
-    whole = cpu.ChunkPlan(1, _slice_count(model, n, batch_slices))
-    if (batch_slices != "auto" or whole.slices == 1 or not layer_info(model).per_example
-            or not is_example_mean(loss_fn)):
-        return whole
-
-    def one_example(params, state, x):
-        with cpu.whole_batch():
-            return model.apply(params, state, x, key=jax.random.key(0), train=True)[0]
-
-    def size() -> int:
-        spec = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)  # noqa: E731
-        return cpu.example_bytes(one_example, jax.tree.map(spec, ts.params),
-                                 jax.tree.map(spec, ts.state),
-                                 jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype))
-
-    return cpu.chunk_plan(n, size)
-
-
-def _value_and_grad_in_chunks(objective: Callable[..., tuple[Array, Array]], params: Params,
-                              images: Array, labels: Array, mask: Array | None, chunks: int
-                              ) -> tuple[Array, Array, Params]:
-    """The loss, logits and gradient of the whole batch from ``objective(params, images,
-    labels, mask) -> (loss, logits)`` (a mean over the examples) of ``chunks`` equal chunks
-    of the batch taken one after another (:func:`jaxcnn.cpu.scan_chunks`): each chunk's loss
-    and gradient weighted by its share of the batch (of the mask's sum, with a mask)."""
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
-    total = None if mask is None else jnp.sum(mask, dtype=jnp.float32)
-    acc = lambda a: jnp.promote_types(a.dtype, jnp.float32)  # noqa: E731 - sums in >= f32
-
-    def body(carry, chunk):
-        loss_sum, grad_sum = carry
-        x, y, m = chunk
-        (loss, logits), grads = grad_fn(params, x, y, m)
-        if m is None:
-            share = jnp.float32(1.0 / chunks)
-        else:  # a chunk of padding adds nothing, even where its loss is 0 / 0
-            share = jnp.sum(m, dtype=jnp.float32) / jnp.where(total > 0, total, 1.0)
-
-        def add(s, v):
-            return s + jnp.where(share > 0, share * v.astype(s.dtype), 0)
-
-        return (add(loss_sum, loss), jax.tree.map(add, grad_sum, grads)), logits
-
-    rows = images.shape[0] // chunks
-    loss_shape, _ = jax.eval_shape(objective, params, images[:rows], labels[:rows],
-                                   None if mask is None else mask[:rows])
-    zero = (jnp.zeros((), acc(loss_shape)), jax.tree.map(lambda p: jnp.zeros(p.shape, acc(p)),
-                                                         params))
-    (loss, grads), logits = cpu.scan_chunks(body, zero, (images, labels, mask), chunks)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-    return (loss.astype(loss_shape.dtype), logits.reshape(images.shape[0], *logits.shape[2:]),
-            grads)
 
 
 def _slice_count(model: Layer, batch_size: int, batch_slices: int | str) -> int:

@@ -1,7 +1,6 @@
 """Checkpoints: exact round trips, structure and shape checks, atomic files and fallbacks."""
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -112,17 +111,6 @@ def test_prune_keeps_newest_and_protected(tmp_path):
     assert sorted(p.name for p in removed) == ["ckpt-000001.npz", "ckpt-000003.npz"]
     assert [p.stem for p in ckpt.checkpoints(tmp_path)] == ["ckpt-000002", "ckpt-000004",
                                                              "ckpt-000005"]
-
-
-def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
-    target = tmp_path / "f.txt"
-    ckpt.atomic_write(target, "old")
-    ckpt.atomic_write(target, "new")
-    assert target.read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
-    umask = os.umask(0)
-    os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_bad_checkpoint_name_is_refused(tmp_path):

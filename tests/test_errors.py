@@ -38,6 +38,7 @@ from jaxcnn import (
     data,
     errors,
     experiment,
+    files,
     losses,
     models,
     ops,
@@ -224,10 +225,6 @@ def _(c):
     drop = L.Dropout(0.5)  # a slice of 2 rows of 4 that reaches it as 1 row
     return jaxcnn.cpu.concat_slices(
         lambda part: drop.apply({}, {}, part[:1], key=KEY, train=True)[0], jnp.ones((4, 3)), 2)
-
-
-case("scan-chunks-rows")(lambda c: jaxcnn.cpu.scan_chunks(
-    lambda carry, part: (carry, part), 0, (jnp.ones((4, 2)), jnp.ones(4)), 3))
 
 
 @case("batchnorm-channels")
@@ -644,7 +641,7 @@ def _(c):
 case("resume-python-object")(lambda c: experiment.resume(_script_run(c, "python:Layer")))
 
 
-case("run-folder-removed")(lambda c: ckpt.atomic_write(c.tmp / "gone" / "run.json", "{}"))
+case("run-folder-removed")(lambda c: files.atomic_write(c.tmp / "gone" / "run.json", "{}"))
 
 
 @case("event-folder-unwritable")

@@ -1067,21 +1067,6 @@ def test_dropout_in_a_sliced_serial_drops_what_the_whole_batch_drops(monkeypatch
     np.testing.assert_array_equal(got, want)
 
 
-def test_dropout_in_a_chunk_keeps_the_chunks_rows_of_the_batch_mask():
-    from jaxcnn import cpu
-
-    drop, ones = L.Dropout(0.5), jnp.ones((12, 5))
-    want, _ = drop.apply({}, {}, ones, key=jax.random.key(2), train=True)
-    _, got = cpu.scan_chunks(
-        lambda c, part: (c, drop.apply({}, {}, part, key=jax.random.key(2), train=True)[0]),
-        0, ones, 3)
-    np.testing.assert_array_equal(got.reshape(12, 5), want)
-    with pytest.raises(LayerError, match=r"traced on a chunk of 4 rows of a batch of 12, it "
-                                           r"got 1 rows \(\(1, 5\)\)"):
-        cpu.scan_chunks(lambda c, part: (c, drop.apply({}, {}, part[:1], key=jax.random.key(2),
-                                                       train=True)[0]), 0, ones, 3)
-
-
 @pytest.mark.parametrize("pool", [
     dict(window=2), dict(window=3, stride=2, padding="SAME"), dict(window=3, stride=2,
                                                                   ceil_mode=True),

@@ -161,19 +161,3 @@ def test_soft_targets_and_label_smoothing_against_the_formula():
                                rtol=1e-5)
     with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\), got 1.0"):
         losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(y), label_smoothing=1.0)
-
-
-def test_the_losses_are_marked_as_means_over_the_examples():
-    import functools
-
-    assert losses.is_example_mean(losses.softmax_cross_entropy)
-    assert losses.is_example_mean(losses.mse)
-    assert losses.is_example_mean(functools.partial(losses.softmax_cross_entropy,
-                                                    label_smoothing=0.1))
-    assert not losses.is_example_mean(losses.accuracy)  # a metric, never differentiated
-    assert not losses.is_example_mean(lambda logits, labels: jnp.max(logits))
-
-    def mine(logits, labels):
-        return losses.softmax_cross_entropy(logits, labels)
-
-    assert losses.example_mean(mine) is mine and losses.is_example_mean(mine)

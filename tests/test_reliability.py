@@ -320,7 +320,7 @@ def test_sigkill_at_20_moments_then_resume_equals_the_uninterrupted_run(
     assert completed >= 1
     # Where the aimed kills landed: inside a checkpoint write, an event write on the writer
     # thread, and an event-file flush.
-    assert any("checkpoint.py:save > checkpoint.py:atomic_write" in w for w in landed), landed
+    assert any("checkpoint.py:save > files.py:atomic_write" in w for w in landed), landed
     assert any("tensorboard_writer.py:_loop" in w and "event_file_writer.py:write_event" in w
                for w in landed), landed
     assert any(re.search(r"tensorboard_writer.py:(flush|close)$", w) for w in landed), landed
@@ -400,7 +400,7 @@ def test_killed_before_the_first_checkpoint_resume_starts_over_in_the_same_folde
     proc = _start(["run", *TINY, "--epochs", EPOCHS, "--runs-dir", runs], env, tmp_path,
                   kill_at="1:replace:1")
     rc, out, err = proc.wait()
-    assert rc == -signal.SIGKILL and "checkpoint.py:save > checkpoint.py:atomic_write" in err, err
+    assert rc == -signal.SIGKILL and "checkpoint.py:save > files.py:atomic_write" in err, err
     (run_dir,) = (runs / "tiny").iterdir()
     assert ckpt.latest(run_dir / "checkpoints") is None and _epochs_printed(out) == []
     assert _raw_steps(run_dir, "test/accuracy") == [STEPS_PER_EPOCH]  # flushed before it

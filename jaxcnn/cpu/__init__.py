@@ -13,12 +13,7 @@ of its own there, each kept because a paired benchmark showed 5% or more on some
   draws the whole batch's mask, :func:`slice_position`) computed as 4 to 16 slices
   (:func:`batch_slices`) whose outputs are concatenated, applied by
   :func:`jaxcnn.layers.serial` in training mode and by :func:`jaxcnn.steps.make_train_step`:
-  1.13x-1.50x the images/s of the whole batch on 2 cores. From batch 256, ``make_train_step``
-  takes the gradient in chunks of 4 slices one after another (:func:`chunk_plan`, sized by
-  the model's bytes per example, :func:`scan_chunks`): simple_cnn 1.12x-1.24x, LeNet-5
-  1.02x-1.06x over the whole batch in its slices (Zen 3, with calls dispatched
-  asynchronously). With calls inline, on Zen 3 the chunks gained nothing (0.91x-1.03x); they
-  stay until the AVX-512 kind, where they gained 1.30x, is measured with calls inline.
+  1.13x-1.50x the images/s of the whole batch on 2 cores.
 - :mod:`jaxcnn.cpu.memory`: glibc's ``malloc`` keeping the memory it frees
   (:func:`keep_freed_memory`), which the runner applies: 1.01x-1.28x.
 - :mod:`jaxcnn.cpu.dispatch`: JAX's CPU client running each compiled call on the calling
@@ -31,27 +26,22 @@ The switch is ``JAXCNN_CPU``, read when a function is traced (and, for the dispa
 jaxcnn is imported): ``auto`` (default: on where JAX's
 default backend is the CPU; a GPU or TPU gets none of it), ``on`` or ``off``; :func:`off` turns
 all of it off for what is traced inside it. Finer controls: ``make_train_step(...,
-batch_slices=1)`` (no slices, no chunks) and :func:`whole_batch` for the slices. Removed, for
-gaining less than 5%: a slice size chosen from the L2 cache (1.02x-1.04x).
+batch_slices=1)`` (no slices) and :func:`whole_batch` for the slices. Removed, for gaining
+less than 5%: a slice size chosen from the L2 cache (1.02x-1.04x), and a large batch's gradient
+taken in chunks one after another, which gained while calls were dispatched asynchronously
+(up to 1.30x) but 0.91x-1.03x with calls inline (Zen 3; not measured inline on AVX-512).
 """
 
 from jaxcnn.cpu.conv import Plan, conv2d, plan_for
 from jaxcnn.cpu.dispatch import call_inline
 from jaxcnn.cpu.memory import keep_freed_memory
 from jaxcnn.cpu.slices import (
-    CHUNK_SLICES,
     MAX_SLICES,
-    MIN_CHUNKED_BATCH,
     MIN_SLICED_BATCH,
-    SLICE_BYTES,
     SLICE_ROWS,
-    ChunkPlan,
     SlicePosition,
     batch_slices,
-    chunk_plan,
     concat_slices,
-    example_bytes,
-    scan_chunks,
     slice_position,
     slice_rows,
     whole_batch,
@@ -59,10 +49,9 @@ from jaxcnn.cpu.slices import (
 from jaxcnn.cpu.switch import ENV_VAR, enabled, off
 
 __all__ = [
-    "CHUNK_SLICES", "ChunkPlan", "ENV_VAR", "MAX_SLICES", "MIN_CHUNKED_BATCH", "MIN_SLICED_BATCH",
-    "Plan", "SLICE_BYTES", "SLICE_ROWS", "SlicePosition", "batch_slices", "call_inline",
-    "chunk_plan", "concat_slices", "conv2d", "enabled", "example_bytes", "keep_freed_memory", "off",
-    "plan_for", "scan_chunks", "slice_position", "slice_rows", "whole_batch",
+    "ENV_VAR", "MAX_SLICES", "MIN_SLICED_BATCH", "Plan", "SLICE_ROWS", "SlicePosition",
+    "batch_slices", "call_inline", "concat_slices", "conv2d", "enabled", "keep_freed_memory", "off",
+    "plan_for", "slice_position", "slice_rows", "whole_batch",
 ]
 
 # Before JAX's first computation, where jaxcnn is imported first (cpu.dispatch).

@@ -8,10 +8,6 @@ applies it in training mode (so a hand-written step gets it too) and
 :func:`jaxcnn.steps.make_train_step` to any per-example model; :func:`whole_batch` stops a slice
 from being cut again. :func:`slice_position` tells a layer where the slice it is traced on lies
 in the batch, so that ``Dropout`` draws the whole batch's mask and keeps its slice's rows.
-
-A large batch's gradient is taken in chunks, one after another, each in its own slices
-(:func:`chunk_plan`, :func:`scan_chunks`): the values a chunk keeps for its backward pass then
-stay near the caches' size, where a whole batch's would not.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import contextlib
 import contextvars
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +25,8 @@ from jaxcnn.checks import is_int
 from jaxcnn.cpu.switch import enabled
 from jaxcnn.typedefs import Array
 
-__all__ = ["CHUNK_SLICES", "ChunkPlan", "MAX_SLICES", "MIN_CHUNKED_BATCH", "MIN_SLICED_BATCH",
-           "SLICE_BYTES", "SLICE_ROWS", "SlicePosition", "batch_slices", "chunk_plan",
-           "concat_slices", "example_bytes", "scan_chunks", "slice_position", "slice_rows",
-           "whole_batch"]
+__all__ = ["MAX_SLICES", "MIN_SLICED_BATCH", "SLICE_ROWS", "SlicePosition", "batch_slices",
+           "concat_slices", "slice_position", "slice_rows", "whole_batch"]
 
 
 def slice_rows(features: Mapping[str, bool] | None = None) -> int:
@@ -62,12 +56,6 @@ SLICE_ROWS = slice_rows()
 MAX_SLICES = 16
 #: Smaller batches run whole: slices of fewer than 16 rows gained nothing.
 MIN_SLICED_BATCH = 64
-#: Slices of a chunk (:func:`chunk_plan`).
-CHUNK_SLICES = 4
-#: Smaller batches are not chunked (:func:`chunk_plan`).
-MIN_CHUNKED_BATCH = 256
-#: The values one slice of a chunk computes, in bytes, that :func:`chunk_plan` aims at.
-SLICE_BYTES = 8 << 20
 
 # Set by whole_batch while a caller computes the batch's slices itself.
 _WHOLE: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxcnn_whole_batch",
@@ -103,56 +91,15 @@ def batch_slices(batch_size: object) -> int:
     return min(MAX_SLICES, max(4, 1 << (fit.bit_length() - 1)))
 
 
-class ChunkPlan(NamedTuple):
-    """A training batch's gradient as ``chunks`` chunks one after another, each computed in
-    ``slices`` batch slices (:func:`concat_slices`)."""
-
-    chunks: int
-    slices: int
-
-
-def chunk_plan(batch_size: object, example_bytes: int | Callable[[], int]) -> ChunkPlan:
-    """How a training step computes the gradient of a batch of ``batch_size`` rows of a
-    per-example model whose forward pass computes ``example_bytes`` bytes of values per example
-    (:func:`example_bytes`; a function giving them is called only for a batch large enough). A
-    whole large batch keeps every slice's values alive until its backward pass, more than the
-    caches hold; a chunk's are freed before the next chunk starts.
-
-    A chunk is :data:`CHUNK_SLICES` slices of ``SLICE_BYTES // example_bytes`` rows (lowered to
-    a power of two, at least :data:`SLICE_ROWS`): LeNet-5 (91 KiB an example) takes 64-row
-    slices, 256-row chunks; simple_cnn (531 KiB) 16-row slices (32 with AVX-512). From
-    :data:`MIN_CHUNKED_BATCH` rows, where that makes at least 2 chunks that divide the batch,
-    the CPU mechanisms are on and there is one device; else ``(1, batch_slices(batch_size))``,
-    the whole batch in its slices."""
-    whole = ChunkPlan(1, batch_slices(batch_size))
-    if whole.slices == 1 or batch_size < MIN_CHUNKED_BATCH:
-        return whole
-    size = int(example_bytes() if callable(example_bytes) else example_bytes)
-    fit = max(1, SLICE_BYTES // max(1, size))
-    rows = max(SLICE_ROWS, 1 << (fit.bit_length() - 1))
-    chunks, rest = divmod(int(batch_size), CHUNK_SLICES * rows)
-    return ChunkPlan(chunks, CHUNK_SLICES) if chunks > 1 and rest == 0 else whole
-
-
-def example_bytes(fn: Callable[..., Any], *args: Any) -> int:
-    """Bytes of the values ``fn(*args)`` computes (the outputs of its top-level operations),
-    traced abstractly, without running it: with ``args`` of one example (a batch of 1), what
-    one example costs the forward pass. ``args``: arrays or ``jax.ShapeDtypeStruct``."""
-    jaxpr = jax.make_jaxpr(fn)(*args)
-    return int(sum(v.aval.size * v.aval.dtype.itemsize for eqn in jaxpr.eqns
-                   for v in eqn.outvars if hasattr(v.aval, "dtype")))
-
-
 class SlicePosition(NamedTuple):
-    """Where a slice lies in its batch: ``rows`` rows from row ``start`` of ``total``. ``start``
-    is a traced scalar inside :func:`scan_chunks`; ``rows`` and ``total`` are always ints."""
+    """Where a slice lies in its batch: ``rows`` rows from row ``start`` of ``total``."""
 
-    start: int | Array
+    start: int
     rows: int
     total: int
 
     @property
-    def stop(self) -> int | Array:
+    def stop(self) -> int:
         """The row after the slice's last."""
         return self.start + self.rows
 
@@ -187,31 +134,3 @@ def concat_slices(fn: Callable[[Array], Array], x: Array, parts: int) -> Array:
             finally:
                 _AT.reset(token)
     return jnp.concatenate(outputs)
-
-
-def scan_chunks(fn: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any,
-                chunks: int) -> tuple[Any, Any]:
-    """``lax.scan`` of ``fn(carry, chunk) -> (carry, out)`` over ``chunks`` equal chunks of the
-    rows of every array in ``xs`` (a pytree; None stays None), one chunk after another, with
-    :func:`slice_position` giving each chunk's rows of the batch (a traced ``start``). Returns
-    the last carry and the outputs stacked, ``(chunks, ...)``."""
-    leaves = jax.tree.leaves(xs)
-    n = leaves[0].shape[0]
-    if not is_int(chunks) or chunks < 1 or any(a.shape[0] != n for a in leaves) or n % chunks:
-        raise ValueError(f"scan_chunks: every array must have the same number of rows, "
-                         f"divisible by chunks={chunks!r}; got rows "
-                         f"{sorted({a.shape[0] for a in leaves})}")
-    rows = n // chunks
-    outer = _AT.get()
-    base, total = (0, n) if outer is None else (outer.start, outer.total)
-
-    def body(c, args):
-        index, chunk = args
-        token = _AT.set(SlicePosition(base + index * rows, rows, total))
-        try:
-            return fn(c, chunk)
-        finally:
-            _AT.reset(token)
-
-    split = jax.tree.map(lambda a: a.reshape(chunks, rows, *a.shape[1:]), xs)
-    return jax.lax.scan(body, carry, (jnp.arange(chunks), split))

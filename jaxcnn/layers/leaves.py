@@ -319,11 +319,9 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
         if at is None:
             keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
         elif x.shape[0] != at.rows:
-            where = (f"rows {at.start}:{at.stop}" if is_int(at.start) else
-                     f"a chunk of {at.rows} rows")
-            raise LayerError(kind, name, f"traced on {where} of a batch of {at.total}, it got "
-                             f"{x.shape[0]} rows ({format_shape(x.shape)}); a layer before it "
-                             f"changed the batch size")
+            raise LayerError(kind, name, f"traced on rows {at.start}:{at.stop} of a batch of "
+                             f"{at.total}, it got {x.shape[0]} rows ({format_shape(x.shape)}); a "
+                             f"layer before it changed the batch size")
         else:  # the whole batch's mask (the same draw in every slice), this slice's rows
             keep = jax.random.bernoulli(key, 1.0 - rate, (at.total, *x.shape[1:]))
             keep = jax.lax.dynamic_slice_in_dim(keep, at.start, at.rows)
