@@ -10,11 +10,11 @@ A checkpoint named ``ckpt-000003`` in folder ``checkpoints/`` is two files:
 
 Every file is written atomically (:func:`jaxcnn.files.atomic_write`): into a temporary file in
 the same folder, flushed and fsynced, renamed over the target with ``os.replace``, then the
-folder is fsynced. The npz is written
-before its JSON and the ``latest`` file (the name of the newest checkpoint) last, so a kill at any
-moment leaves the previous checkpoint intact and named. :func:`latest` trusts ``latest`` only if
-it names a complete checkpoint, and otherwise falls back to the newest complete one; stray
-temporary files are ignored (and removed by the next :func:`save`).
+folder is fsynced. The npz is written before its JSON and the ``latest`` file (the name of the
+newest checkpoint) last, so a kill at any moment leaves the previous checkpoint intact and
+named. :func:`latest` trusts ``latest`` only if it names a complete checkpoint, and otherwise
+falls back to the newest complete one; stray temporary files are ignored (and removed by the
+next :func:`save`).
 
 :func:`restore` checks the checkpoint against a freshly initialised template of the same tree:
 every leaf path present on both sides with the same shape and dtype, else

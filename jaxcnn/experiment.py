@@ -377,7 +377,7 @@ def run(config: Config | FiltersConfig, *, model: ModelSpec = None, data: DataSp
     if _is_main(config):
         script = scripts.copy_script(parts.script, run_dir) if parts.script else None
         atomic_write(run_dir / runs.SUMMARY_FILE,
-                          f"{components.describe(config, parts.sources)}\n{table}\n")
+                     f"{components.describe(config, parts.sources)}\n{table}\n")
         runs.write_status(run_dir, experiment=config.experiment, run=run_dir.name,
                           start_time=datetime.now().isoformat(timespec="seconds"),
                           status="starting", epochs_done=0, epochs=config.epochs,

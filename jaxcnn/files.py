@@ -1,6 +1,6 @@
 """Atomic file writes: readers see a file's old version or its new one, never part of it.
 
-The checkpoints, a run's ``config.json``, ``status.json`` and ``summary.txt``, and the cached
+The checkpoints, a run's ``config.json``, ``run.json`` and ``summary.txt``, and the cached
 validation splits are all written this way. A temporary file named with :data:`TMP_PREFIX`
 beside the target is written, flushed and fsynced, renamed over the target (``os.replace`` is
 atomic within one file system), and the folder is fsynced so the rename survives a crash. A
@@ -10,6 +10,7 @@ the data modules can use it too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -49,13 +50,18 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise RunError(f"cannot write {path} ({e.strerror or e}); the previous version is intact; "
                        f"check that the disk is not full") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _remove(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # e.g. the file system just went read-only
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -144,7 +144,7 @@ def save_config(run_dir: str | os.PathLike[str], config: Any,
                 sources: Mapping[str, str] | None = None) -> None:
     """Write ``config.json`` (see :func:`config_dict`) atomically."""
     atomic_write(Path(run_dir) / CONFIG_FILE,
-                      json.dumps(config_dict(config, sources), indent=2) + "\n")
+                 json.dumps(config_dict(config, sources), indent=2) + "\n")
 
 
 def load_config(run_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, str]]:

@@ -26,10 +26,11 @@ The switch is ``JAXCNN_CPU``, read when a function is traced (and, for the dispa
 jaxcnn is imported): ``auto`` (default: on where JAX's
 default backend is the CPU; a GPU or TPU gets none of it), ``on`` or ``off``; :func:`off` turns
 all of it off for what is traced inside it. Finer controls: ``make_train_step(...,
-batch_slices=1)`` (no slices) and :func:`whole_batch` for the slices. Removed, for gaining
-less than 5%: a slice size chosen from the L2 cache (1.02x-1.04x), and a large batch's gradient
-taken in chunks one after another, which gained while calls were dispatched asynchronously
-(up to 1.30x) but 0.91x-1.03x with calls inline (Zen 3; not measured inline on AVX-512).
+batch_slices=1)`` (no slices) and :func:`whole_batch` for the slices. Removed: a slice size
+chosen from the L2 cache (1.02x-1.04x), and a large batch's gradient taken in chunks one after
+another. The chunks gained up to 1.30x only while calls were dispatched asynchronously, making
+up for the dispatch thread; with calls inline they gained nothing on Zen 3 (0.91x-1.03x) and
+cost LeNet-5 at batch 1024 up to 9% (not measured inline on AVX-512).
 """
 
 from jaxcnn.cpu.conv import Plan, conv2d, plan_for

@@ -324,7 +324,7 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
                              f"layer before it changed the batch size")
         else:  # the whole batch's mask (the same draw in every slice), this slice's rows
             keep = jax.random.bernoulli(key, 1.0 - rate, (at.total, *x.shape[1:]))
-            keep = jax.lax.dynamic_slice_in_dim(keep, at.start, at.rows)
+            keep = keep[at.start:at.stop]
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)), state
 
     def init(key, in_shape):
