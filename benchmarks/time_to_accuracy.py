@@ -160,7 +160,7 @@ def prepare(tmp: Path, folder: Path) -> tuple[dict, Path]:
     splits = data_lib.load("mnist", data_dir=folder, download=False)
     rows, _ = data_lib.split_rows(splits.train.labels, config.val_fraction, seed=config.seed)
     np.save(tmp / "rows.npy", rows)
-    steps = len(rows.labels) // config.batch_size
+    steps = len(rows) // config.batch_size
     model = registry.build_model(config.model, 10)
     optimizer = registry.build_optimizer(config, steps)
     ts = jax.jit(lambda k: train.create_train_state(model, optimizer, k, (None, 28, 28, 1)))(
