@@ -92,8 +92,8 @@ def main(argv=None) -> None:
             # One copy of the data for every value, so that they differ in their program only.
             x, y = random_data(batch, steps)
             runs = {v: build(model_name, batch, v, x, y) for v in values}
-            counts = {v: train_lib.batch_slices_for(make_model(model_name), batch, v)
-                      for v in values}
+            model = make_model(model_name)
+            counts = {v: train_lib.batch_slices_for(model, batch, v) for v in values}
             secs = {v: [] for v in values}
             for k in range(args.passes):
                 order = values[k % len(values):] + values[:k % len(values)]
