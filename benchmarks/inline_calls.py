@@ -70,7 +70,7 @@ def run_worker(mode: str, model: str, batch: int, steps: int, rounds: int) -> di
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="simple_cnn,lenet5")
     p.add_argument("--batches", default="128,1024")
@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="steps a round (default: 20 below batch 512, else 6)")
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         steps = args.steps or (20 if int(args.batches) < 512 else 6)
         print(json.dumps(worker(args.worker, args.models, int(args.batches), steps,

@@ -1,9 +1,11 @@
 """The benchmark scripts' own set-up, where a mistake would make a figure wrong or the script
-fail only when someone runs it: time_to_accuracy.py's PyTorch worker must train on the
-runner's training rows from the runner's initial weights."""
+fail only when someone runs it: every script imports against the current jaxcnn and builds
+its command line, and time_to_accuracy.py's PyTorch worker trains on the runner's training
+rows from the runner's initial weights."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,22 @@ def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" /
                                                   f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # where dataclasses look up the script's annotations
     spec.loader.exec_module(module)
     return module
+
+
+SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_each_script_imports_and_builds_its_command_line(name, capsys):
+    """An API a script uses that jaxcnn renamed or removed fails here, not on the next run."""
+    script = _script(name)
+    with pytest.raises(SystemExit) as exit_:
+        script.main(["--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")
 
 
 def test_time_to_accuracy_gives_the_torch_worker_the_runners_rows_and_weights(tmp_path,
