@@ -34,21 +34,3 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         reason = marker.kwargs.get("reason", marker.args[0] if marker.args else
                                    CPU_BACKEND_REASON)
         pytest.skip(f"needs JAX's CPU backend, this host's default is {backend!r}: {reason}")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the modules with ``slow`` tests first, the one with the most first, and their slow
-    tests before their others. Under ``pytest -n 2`` a minutes-long test collected last keeps
-    one worker busy after the other has run out of tests; started first, the many short tests
-    fill the other worker meanwhile. A module's tests stay together, so its module-scoped
-    fixtures are set up once."""
-    slow_in: dict[str, int] = {}
-    for item in items:
-        slow_in.setdefault(item.module.__name__, 0)
-        if item.get_closest_marker("slow") is not None:
-            slow_in[item.module.__name__] += 1
-    module_rank = {name: rank for rank, name in enumerate(slow_in)}
-    position = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-slow_in[item.module.__name__],
-                                 module_rank[item.module.__name__],
-                                 item.get_closest_marker("slow") is None, position[id(item)]))
