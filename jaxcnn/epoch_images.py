@@ -6,6 +6,7 @@ confusion matrix and misclassified examples."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -64,8 +65,11 @@ class EpochImages:
         labels = np.asarray(split.labels) if split is not None else np.zeros(0)
         self.classified = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
         self.features_fn = jax.jit(lambda p, s, x: intermediates(model, p, s, x))
-        self.model = model
         self.has_conv = any(node.info.kind == "Conv" for node in walk.nodes(model))
+        # Compiled once: run op by op, the maps took about 1 s an epoch (Zen 3, 2 images).
+        self.explain_fns = {"saliency": jax.jit(partial(explain.saliency_maps, model))}
+        if self.has_conv:
+            self.explain_fns["grad_cam"] = jax.jit(partial(explain.grad_cam_maps, model))
 
     def __call__(self, params: Params, state: State,
                  predictions: np.ndarray | None) -> dict[str, Any]:
@@ -95,11 +99,9 @@ class EpochImages:
         """``explain/saliency`` and ``explain/grad_cam`` (where the model has a conv layer):
         each fixed image with its map for the predicted class on top, (N, H, W, 3)."""
         out: dict[str, np.ndarray] = {}
-        kinds = [("saliency", explain.saliency)]
-        if self.has_conv:
-            kinds.append(("grad_cam", explain.grad_cam))
-        for name, method in kinds:
+        for name, maps_fn in self.explain_fns.items():
+            maps = np.asarray(maps_fn(params, state, self.features))
             out[f"explain/{name}"] = np.stack([
-                explain.overlay(shown, method(self.model, params, state, x))
-                for x, shown in zip(self.features, self.shown, strict=False)])
+                explain.overlay(shown, heat)
+                for heat, shown in zip(maps, self.shown, strict=False)])
         return out

@@ -15,6 +15,11 @@ Dropout keeps everything).
 - :func:`overlay`: the image blended with a heat map coloured from blue (0) through cyan and
   yellow to red (1), in NumPy alone.
 
+:func:`saliency_maps` and :func:`grad_cam_maps` compute the same maps for a batch of images
+(N, H, W, C) as pure JAX functions, which ``jax.jit`` compiles once for many calls (the runner
+logs them each epoch); :func:`saliency` and :func:`grad_cam` check their arguments and run them
+on one image.
+
 Both maps are float32 (H, W) in [0, 1], 0 where the gradient (or the weighted sum) is 0
 everywhere. The gradient at a layer's output comes from running the model through
 :func:`jaxcnn.walk.propagate` with a zero added to that output and differentiating with respect
@@ -48,7 +53,7 @@ from jaxcnn.layers.combinators import merge_branches
 from jaxcnn.layers.core import Layer, layer_info
 from jaxcnn.typedefs import Array, Params, State
 
-__all__ = ["grad_cam", "overlay", "saliency"]
+__all__ = ["grad_cam", "grad_cam_maps", "overlay", "saliency", "saliency_maps"]
 
 
 def saliency(model: Layer, params: Params, state: State, image: Any,
@@ -68,10 +73,27 @@ def saliency(model: Layer, params: Params, state: State, image: Any,
     (6, 6)
     """
     x = _image("saliency", image)
-    scores, vjp = jax.vjp(lambda x: _scores("saliency", model.apply(params, state, x)[0])[0], x)
-    c = _target("saliency", target, scores)
-    (g,) = vjp(jax.nn.one_hot(c, scores.shape[0], dtype=scores.dtype))
-    return _unit(jnp.max(jnp.abs(g[0]), axis=-1))
+    y = _scores("saliency", jax.eval_shape(lambda x: model.apply(params, state, x)[0], x))
+    targets = _targets("saliency", target, y.shape[1])
+    return np.asarray(saliency_maps(model, params, state, x, targets)[0])
+
+
+def saliency_maps(model: Layer, params: Params, state: State, images: Array,
+                  targets: Array | None = None) -> Array:
+    """:func:`saliency` for each image of a batch, as a pure JAX function: (N, H, W) float32.
+
+    images: (N, H, W, C), floating; ``targets``: (N,) class indices (default: each image's
+    predicted class). Each image goes through the model alone, as a batch of one (``jax.vmap``),
+    as in :func:`saliency`. Nothing is checked here; :func:`saliency` checks one image's
+    arguments.
+    """
+    def one(x, c):
+        y, vjp = jax.vjp(lambda x: model.apply(params, state, x[None])[0][0], x)
+        c = jnp.argmax(y) if c is None else c
+        (g,) = vjp(jax.nn.one_hot(c, y.shape[0], dtype=y.dtype))
+        return jnp.max(jnp.abs(g), axis=-1)
+
+    return _units(jax.vmap(one)(images, targets))
 
 
 def grad_cam(model: Layer, params: Params, state: State, image: Any, target: int | None = None,
@@ -106,24 +128,47 @@ def grad_cam(model: Layer, params: Params, state: State, image: Any, target: int
                          f"(N, h, w, K); name a layer with such an output, e.g. one of the Conv "
                          f"layers {_conv_paths(model)}")
 
-    def scores(delta):
-        kept = []
+    targets = _targets("grad_cam", target, out.shape[1])
+    return np.asarray(grad_cam_maps(model, params, state, x, targets, layer=path,
+                                    upsample=upsample)[0])
 
-        def add(a):
-            kept.append(a)
-            return a + delta
 
-        y = _apply_at(model, params, state, x, at=path, fn=add)
-        return y[0], kept[0]
+def grad_cam_maps(model: Layer, params: Params, state: State, images: Array,
+                  targets: Array | None = None, *, layer: str | None = None,
+                  upsample: bool = True) -> Array:
+    """:func:`grad_cam` for each image of a batch, as a pure JAX function: (N, H, W) float32,
+    or (N, h, w) with ``upsample=False``.
 
-    y, vjp, a = jax.vjp(scores, jnp.zeros(a_struct.shape, a_struct.dtype), has_aux=True)
-    c = _target("grad_cam", target, y)
-    (g,) = vjp(jax.nn.one_hot(c, y.shape[0], dtype=y.dtype))
-    alpha = jnp.mean(g[0], axis=(0, 1))  # (K,)
-    cam = jax.nn.relu(jnp.einsum("hwk,k->hw", a[0], alpha))
-    if upsample:
-        cam = jax.image.resize(cam, x.shape[1:3], "bilinear")
-    return _unit(cam)
+    images: (N, H, W, C), floating; ``targets``: (N,) class indices (default: each image's
+    predicted class); ``layer`` as in :func:`grad_cam`, whose output must be (1, h, w, K) for
+    an image. Each image goes through the model alone, as in :func:`saliency_maps`; only the
+    layer's name is checked here.
+    """
+    path = _feature_layer(model, layer)
+
+    def one(x, c):
+        x = x[None]
+        (a_struct,) = jax.eval_shape(lambda x: walk.record_outputs(
+            model, params, state, x, where=lambda n: n.path == path)[1], x).values()
+
+        def scores(delta):
+            kept = []
+
+            def add(a):
+                kept.append(a)
+                return a + delta
+
+            y = _apply_at(model, params, state, x, at=path, fn=add)
+            return y[0], kept[0]
+
+        y, vjp, a = jax.vjp(scores, jnp.zeros(a_struct.shape, a_struct.dtype), has_aux=True)
+        c = jnp.argmax(y) if c is None else c
+        (g,) = vjp(jax.nn.one_hot(c, y.shape[0], dtype=y.dtype))
+        alpha = jnp.mean(g[0], axis=(0, 1))  # (K,)
+        cam = jax.nn.relu(jnp.einsum("hwk,k->hw", a[0], alpha))
+        return jax.image.resize(cam, x.shape[1:3], "bilinear") if upsample else cam
+
+    return _units(jax.vmap(one)(images, targets))
 
 
 def overlay(image: Any, heat: Any, *, alpha: float = 0.5) -> np.ndarray:
@@ -194,20 +239,21 @@ def _scores(fn: str, y: Any) -> Any:
     return y
 
 
-def _target(fn: str, target: int | None, scores: Array) -> int:
-    k = scores.shape[0]
+def _targets(fn: str, target: int | None, k: int) -> Array | None:
+    """``target`` checked against ``k`` classes, as the (1,) targets of a batch of one."""
     if target is None:
-        return int(jnp.argmax(scores))
+        return None
     if not is_int(target) or not 0 <= target < k:
         raise ValueError(f"{fn}: target must be a class index in [0, {k}), got {target!r}")
-    return int(target)
+    return jnp.array([int(target)])
 
 
-def _unit(m: Array) -> np.ndarray:
-    """``m`` divided by its maximum (zeros when that is not > 0), as float32."""
-    m = np.asarray(m, np.float64)
-    top = m.max()
-    return (m / top if top > 0 else np.zeros_like(m)).astype(np.float32)
+def _units(m: Array) -> Array:
+    """Each map of ``m`` (N, h, w) divided by its maximum (zeros where that is not > 0), as
+    float32."""
+    m = m.astype(jnp.float32)
+    top = jnp.max(m, axis=(1, 2), keepdims=True)
+    return jnp.where(top > 0, m / jnp.where(top > 0, top, 1.0), 0.0)
 
 
 def _conv_paths(model: Layer) -> list[str]:

@@ -194,6 +194,38 @@ def test_grad_cam_reaches_layers_inside_combinators():
             grad_cam(nested, nparams, nstate, image, target=c, layer="features"), want, atol=1e-6)
 
 
+# --- a batch, compiled -----------------------------------------------------------------------
+
+
+def test_the_batch_functions_compiled_give_each_images_own_map():
+    """saliency_maps and grad_cam_maps under jax.jit give, image by image, what saliency and
+    grad_cam give one image, for the predicted class and for given targets; an image's map does
+    not depend on the others in its batch."""
+    model = L.serial(L.Conv(3, 3, padding="SAME"), L.Relu(), L.Conv(2, 3), L.Relu(),
+                     L.GlobalAvgPool(), L.Dense(K))
+    _, params, state = model.init(jax.random.key(6), (None, H, W, C))
+    images = np.random.default_rng(6).random((4, H, W, C)).astype(np.float32)
+    targets = np.array([2, 0, 1, 2])
+    sal = jax.jit(lambda p, s, x, t: explain.saliency_maps(model, p, s, x, t))
+    cam = jax.jit(lambda p, s, x, t: explain.grad_cam_maps(model, p, s, x, t, layer="conv1"))
+    for t in (None, targets):
+        got_sal = np.asarray(sal(params, state, images, t))
+        got_cam = np.asarray(cam(params, state, images, t))
+        assert got_sal.shape == got_cam.shape == (4, H, W)
+        for i, image in enumerate(images):
+            target = None if t is None else int(t[i])
+            np.testing.assert_allclose(got_sal[i], saliency(model, params, state, image, target),
+                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                got_cam[i], grad_cam(model, params, state, image, target, layer="conv1"),
+                rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(sal(params, state, images[2:], None)),
+                               np.asarray(sal(params, state, images, None))[2:],
+                               rtol=1e-5, atol=1e-6)
+    small = explain.grad_cam_maps(model, params, state, images, upsample=False)
+    assert small.shape == (4, H - 2, W - 2)
+
+
 # --- overlay --------------------------------------------------------------------------------
 
 
