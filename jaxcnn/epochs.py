@@ -198,6 +198,6 @@ def _check_start(start: int, steps: int) -> slice:
 
 def _stack(out: list[Metrics]) -> dict[str, np.ndarray]:
     """Per-call metrics (each with a leading step axis) as one NumPy array per name."""
-    return jax.device_get(jax.tree.map(lambda *xs: jnp.concatenate(xs), *out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *jax.device_get(out))
 
 
