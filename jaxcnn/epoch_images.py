@@ -66,7 +66,7 @@ class EpochImages:
         self.classified = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
         self.features_fn = jax.jit(lambda p, s, x: intermediates(model, p, s, x))
         self.has_conv = any(node.info.kind == "Conv" for node in walk.nodes(model))
-        # Compiled once: run op by op, the maps took about 1 s an epoch (Zen 3, 2 images).
+        # Compiled once for every epoch's params.
         self.explain_fns = {"saliency": jax.jit(partial(explain.saliency_maps, model))}
         if self.has_conv:
             self.explain_fns["grad_cam"] = jax.jit(partial(explain.grad_cam_maps, model))

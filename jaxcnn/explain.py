@@ -250,10 +250,13 @@ def _targets(fn: str, target: int | None, k: int) -> Array | None:
 
 def _units(m: Array) -> Array:
     """Each map of ``m`` (N, h, w) divided by its maximum (zeros where that is not > 0), as
-    float32."""
-    m = m.astype(jnp.float32)
+    float32, the division done in float32 or ``m``'s wider dtype."""
+    m = m.astype(jnp.promote_types(m.dtype, jnp.float32))
     top = jnp.max(m, axis=(1, 2), keepdims=True)
-    return jnp.where(top > 0, m / jnp.where(top > 0, top, 1.0), 0.0)
+    # The barrier keeps XLA from turning the division into a multiplication by 1 / top, whose
+    # rounding leaves some maxima at 0.99999994.
+    den = jax.lax.optimization_barrier(jnp.broadcast_to(jnp.where(top > 0, top, 1), m.shape))
+    return jnp.where(top > 0, m / den, 0).astype(jnp.float32)
 
 
 def _conv_paths(model: Layer) -> list[str]:

@@ -30,7 +30,8 @@ SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py"))
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_each_script_imports_and_builds_its_command_line(name, capsys):
-    """An API a script uses that jaxcnn renamed or removed fails here, not on the next run."""
+    """A name a script imports from jaxcnn that was renamed or removed fails here, not on the
+    next run."""
     script = _script(name)
     with pytest.raises(SystemExit) as exit_:
         script.main(["--help"])

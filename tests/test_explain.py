@@ -226,6 +226,21 @@ def test_the_batch_functions_compiled_give_each_images_own_map():
     assert small.shape == (4, H - 2, W - 2)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_map_peaks_at_exactly_one(seed):
+    """Divided by its maximum, each nonzero map's largest value is 1.0 itself, compiled or not
+    (a division turned into a multiplication by the reciprocal misses it by a rounding)."""
+    model = L.serial(L.Conv(4, 3, padding="SAME"), L.Relu(), L.Conv(3, 3), L.Relu(),
+                     L.Flatten(), L.Dense(5))
+    _, params, state = model.init(jax.random.key(seed), (None, 12, 10, 1))
+    images = np.random.default_rng(seed).normal(size=(16, 12, 10, 1)).astype(np.float32)
+    for fn in (explain.saliency_maps, explain.grad_cam_maps):
+        for maps in (fn(model, params, state, images),
+                     jax.jit(lambda p, s, x, fn=fn: fn(model, p, s, x))(params, state, images)):
+            peaks = np.asarray(maps).max(axis=(1, 2))
+            assert np.all(peaks[peaks > 0] == 1.0), peaks
+
+
 # --- overlay --------------------------------------------------------------------------------
 
 
