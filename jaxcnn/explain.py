@@ -119,15 +119,12 @@ def grad_cam(model: Layer, params: Params, state: State, image: Any, target: int
     """
     path = _feature_layer(model, layer)
     x = _image("grad_cam", image)
-    out, feats = jax.eval_shape(
-        lambda x: walk.record_outputs(model, params, state, x, where=lambda n: n.path == path), x)
+    out, a_struct = _shapes_at(model, params, state, x, path)
     _scores("grad_cam", out)
-    (a_struct,) = feats.values()
     if len(a_struct.shape) != 4:
         raise ValueError(f"grad_cam: layer {path!r} gives shape {a_struct.shape}, not feature maps "
                          f"(N, h, w, K); name a layer with such an output, e.g. one of the Conv "
                          f"layers {_conv_paths(model)}")
-
     targets = _targets("grad_cam", target, out.shape[1])
     return np.asarray(grad_cam_maps(model, params, state, x, targets, layer=path,
                                     upsample=upsample)[0])
@@ -148,8 +145,7 @@ def grad_cam_maps(model: Layer, params: Params, state: State, images: Array,
 
     def one(x, c):
         x = x[None]
-        (a_struct,) = jax.eval_shape(lambda x: walk.record_outputs(
-            model, params, state, x, where=lambda n: n.path == path)[1], x).values()
+        a_struct = _shapes_at(model, params, state, x, path)[1]
 
         def scores(delta):
             kept = []
@@ -282,6 +278,16 @@ def _feature_layer(model: Layer, layer: str | None) -> str:
         raise ValueError(f"grad_cam: layer {layer!r} is not a layer of the model; its Conv "
                          f"layers are {convs}")
     return layer
+
+
+def _shapes_at(model: Layer, params: Params, state: State, x: Array,
+               path: str) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """The shapes of ``model``'s output for ``x`` and of the output of its layer at ``path``,
+    traced without computing them."""
+    out, feats = jax.eval_shape(
+        lambda x: walk.record_outputs(model, params, state, x, where=lambda n: n.path == path), x)
+    (a_struct,) = feats.values()
+    return out, a_struct
 
 
 def _apply_at(model: Layer, params: Params, state: State, x: Array, *, at: str,
