@@ -56,11 +56,12 @@ def make_epoch_fn(
     ``progress(metrics)`` is called with the NumPy metrics of each call (or step) once it has
     finished, while the next one runs (the last call's come back as the result): a progress
     bar's feed that adds no wait.
-    ``steps_per_call`` (scan driver) splits the epoch into scans of that many steps (and one
-    shorter program for the rest), each a compiled call with at most one more queued behind
-    it, so ``stop`` is heard within two calls; None scans the whole epoch in one call (``stop``
-    is then asked only at its end). The loop driver asks ``stop`` after every step. Every
-    split gives bit-identical results: each step runs the same compiled scan body.
+    ``steps_per_call`` (scan driver) splits the epoch into calls of that many steps, each a
+    compiled call with at most one more queued behind it, so ``stop`` is heard within two
+    calls; None scans the whole epoch in one call (``stop`` is then asked only at its end). The
+    number of steps is an argument of the one compiled program, so the shorter last call and a
+    resumed epoch's first call compile nothing new. The loop driver asks ``stop`` after every
+    step. Every split gives bit-identical results: each step runs the same compiled body.
 
     ``run.compile(ts)`` compiles the epoch's program for ``ts`` (or loads it from JAX's
     persistent compilation cache) without running it, so the first epoch starts at once: the
@@ -130,34 +131,46 @@ def make_epoch_fn(
 
     if driver == "scan":
         dev_images, dev_labels = place(images), place(labels)
+        size = steps if steps_per_call is None else min(steps_per_call, steps)
 
         def run(ts, *, seed, epoch, start=0, stop=None, progress=None):
             idx = order(seed, epoch)[_check_start(start, steps)]
-            size = len(idx) if steps_per_call is None else steps_per_call
             carry, out = first_carry(ts), []
             for lo in range(0, len(idx), size):
-                carry, metrics = scan_epoch(carry, dev_images, dev_labels,
-                                            place(idx[lo: lo + size]))
-                out.append(metrics)
+                rows, count = _padded(idx[lo: lo + size], size)
+                carry, metrics = scan_call(carry, dev_images, dev_labels, place(rows),
+                                           place(np.int32(count)))
+                out.append((metrics, count))
                 if len(out) > 1:  # one call queued behind the running one, no more
-                    jax.block_until_ready(out[-2])
+                    jax.block_until_ready(out[-2][0])
                     if progress is not None:
-                        progress(jax.device_get(out[-2]))
+                        progress(_first(*jax.device_get(out[-2])))
                 if stop is not None and lo + size < len(idx) and stop():
                     break
             return carry[0], _stack(out)
 
         @jax.jit
-        def scan_epoch(carry, images, labels, idx):
+        def scan_call(carry, images, labels, idx, count):
+            # The first `count` steps of `idx` (size, batch): a scan whose length is an
+            # argument, so every call of an epoch, the shorter last one and a resumed epoch's
+            # first included, runs this one program. Steps past `count` leave their rows of
+            # the metrics zero.
             def gathered(carry, rows):
                 return body(carry, (images[rows], labels[rows]))
 
-            return jax.lax.scan(gathered, carry, idx)
+            shapes = jax.eval_shape(gathered, carry, idx[0])[1]
+            metrics = jax.tree.map(lambda s: jnp.zeros((size, *s.shape), s.dtype), shapes)
+
+            def one(i, state):
+                carry, metrics = state
+                carry, m = gathered(carry, idx[i])
+                return carry, jax.tree.map(lambda all_, v: all_.at[i].set(v), metrics, m)
+
+            return jax.lax.fori_loop(0, count, one, (carry, metrics))
 
         def compile_first_call(ts):
-            size = steps if steps_per_call is None else min(steps_per_call, steps)
-            scan_epoch.lower(first_carry(ts), dev_images, dev_labels,
-                             place(order(0, 0)[:size])).compile()
+            scan_call.lower(first_carry(ts), dev_images, dev_labels,
+                            place(order(0, 0)[:size]), place(np.int32(size))).compile()
 
         run.compile = compile_first_call  # type: ignore[attr-defined]
         return run
@@ -173,9 +186,9 @@ def make_epoch_fn(
         carry, out = first_carry(ts), []
         for i, rows in enumerate(idx):
             carry, metrics = step(carry, *place_batch((images[rows], labels[rows])))
-            out.append(metrics)
+            out.append((metrics, 1))
             if progress is not None and i:
-                progress(jax.device_get(out[-2]))
+                progress(jax.device_get(out[-2][0]))
             if stop is not None and i + 1 < len(idx) and stop():
                 break
         return carry[0], _stack(out)
@@ -196,8 +209,22 @@ def _check_start(start: int, steps: int) -> slice:
     return slice(int(start), None)
 
 
-def _stack(out: list[Metrics]) -> dict[str, np.ndarray]:
-    """Per-call metrics (each with a leading step axis) as one NumPy array per name."""
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *jax.device_get(out))
+def _padded(rows: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """A call's batch indices (k, batch) padded with row 0 to (size, batch), and k."""
+    count = len(rows)
+    if count < size:
+        rows = np.concatenate([rows, np.zeros((size - count, rows.shape[1]), rows.dtype)])
+    return rows, count
 
 
+def _first(metrics: Metrics, count: int) -> dict[str, np.ndarray]:
+    """The first ``count`` steps of one call's NumPy metrics."""
+    return {k: np.asarray(v)[:count] for k, v in metrics.items()}
+
+
+def _stack(out: list[tuple[Metrics, int]]) -> dict[str, np.ndarray]:
+    """Per-call metrics (each with a leading step axis, ``count`` of them real) as one NumPy
+    array per name, fetched in one transfer."""
+    fetched = jax.device_get([m for m, _ in out])
+    calls = [_first(m, count) for m, (_, count) in zip(fetched, out, strict=True)]
+    return {k: np.concatenate([c[k] for c in calls]) for k in calls[0]}

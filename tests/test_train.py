@@ -100,6 +100,35 @@ def test_an_epoch_split_into_calls_or_stopped_and_continued_is_bit_identical(dri
         train.make_epoch_fn(step, split.images, split.labels, 16, steps_per_call=0)
 
 
+def test_a_scanned_epoch_compiles_one_program_for_every_call_length():
+    """Calls of 4 steps with a rest of 1, a stopped epoch and its continuation from step 5 run
+    the program ``run.compile`` built: nothing compiles after it."""
+    split = _toy(n=208)
+    model = _tiny_model()
+    opt = optax.sgd(0.05, momentum=0.9)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, opt, jit=False)
+    run = train.make_epoch_fn(step, split.images, split.labels, 16, driver="scan",
+                              steps_per_call=4)
+    ts0 = _state(model, opt, split)
+    run.compile(ts0)
+    compiled = []
+
+    def listen(event, seconds, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        ts, m = run(ts0, seed=1, epoch=0)
+        rest, mr = run(ts0, seed=1, epoch=1, start=5)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []
+    assert m["loss"].shape == (13,) and mr["loss"].shape == (8,)
+    assert np.all(m["loss"] > 0) and np.all(mr["loss"] > 0)  # no padding step's zeros
+    assert int(ts.step) == 13 and int(rest.step) == 8
+
+
 @pytest.mark.parametrize("driver", ["scan", "loop"])
 def test_progress_gets_each_finished_call_and_the_result_the_rest(driver):
     """13 steps in calls of 4 (scan) or 1 (loop): ``progress`` sees every call but the last,
