@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -164,7 +163,7 @@ class Loop:
                                         num_feature_samples=num_feature_samples)
         b = min(self.batch_size, len(train.labels))
         grad_batch = (train.images[:b], train.labels[:b])
-        self.grad_batch = (jax.tree.map(jnp.asarray, grad_batch) if mesh is None else
+        self.grad_batch = (jax.device_put(grad_batch) if mesh is None else
                            distributed.shard_batch(grad_batch, mesh))
         call_loss = loss_caller(loss_fn, "fit")
 
