@@ -3,6 +3,8 @@
 import importlib
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -49,3 +51,30 @@ def test_batch_slices_by_rows_a_slice(monkeypatch, rows, table):
     assert cpu.batch_slices(None) == 1
     monkeypatch.setenv(cpu.ENV_VAR, "off")
     assert cpu.batch_slices(1024) == 1
+
+
+def test_concat_slices_traces_fn_once_per_slice_shape_unless_it_reads_the_position():
+    """Slices of 2, 3, 2 and 3 rows: a function that ignores its position is traced once per
+    shape (twice); one that reads it is traced for every slice and sees each slice's rows."""
+    x = jnp.arange(10.0)[:, None] * jnp.ones((1, 3))
+    traced = []
+
+    def plain(part):
+        traced.append(part.shape[0])
+        return part * 2.0 + 1.0
+
+    got = jax.jit(lambda x: cpu.concat_slices(plain, x, 4))(x)
+    np.testing.assert_array_equal(got, x * 2.0 + 1.0)
+    assert sorted(traced) == [2, 3]
+
+    seen = []
+
+    def positioned(part):
+        at = cpu.slice_position()
+        seen.append((at.start, at.rows, at.total))
+        return part + at.start
+
+    got = jax.jit(lambda x: cpu.concat_slices(positioned, x, 4))(x)
+    assert seen == [(0, 2, 10), (2, 3, 10), (5, 2, 10), (7, 3, 10)]
+    starts = np.repeat([0, 2, 5, 7], [2, 3, 2, 3])[:, None]
+    np.testing.assert_array_equal(got, x + starts)

@@ -457,7 +457,9 @@ def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, siz
     monkeypatch.setenv("JAXCNN_CPU", "on")
     monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)  # the AVX2 rule, whatever the host
     seen = []
-    spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
+    # Asking its slice's position makes every slice trace the model afresh.
+    spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), cpu.slice_position(), x)[2],
+                        per_example=True)
     model = layers.serial(spy, layers.Flatten(), layers.Dense(2))
     opt = optax.sgd(0.1)
     ts = train.create_train_state(model, opt, jax.random.key(0), (None, 3))

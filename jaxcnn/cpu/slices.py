@@ -109,10 +109,18 @@ _AT: contextvars.ContextVar[SlicePosition | None] = contextvars.ContextVar("jaxc
                                                                           default=None)
 
 
+# Set by concat_slices: the traces that asked slice_position, counted while fn is traced.
+_READS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "jaxcnn_slice_position_reads", default=None)
+
+
 def slice_position() -> SlicePosition | None:
     """The rows of the whole batch that the slice being traced holds, inside
     :func:`concat_slices` (nested slices give rows of the outermost batch); None outside, where
     a layer sees the whole batch. Read when a function is traced."""
+    reads = _READS.get()
+    if reads is not None:
+        reads.append(1)
     return _AT.get()
 
 
@@ -120,17 +128,28 @@ def concat_slices(fn: Callable[[Array], Array], x: Array, parts: int) -> Array:
     """``fn`` over ``parts`` near-equal slices of the batch ``x`` (1 <= parts <= N),
     concatenated: independent work that XLA's CPU runtime runs on different cores. ``fn`` runs
     inside :func:`whole_batch`, so no model it applies cuts a slice again, and with
-    :func:`slice_position` saying which rows of the batch it holds."""
+    :func:`slice_position` saying which rows of the batch it holds.
+
+    Under a trace, ``fn`` is traced once for all slices of one shape (a nested ``jax.jit``,
+    which XLA inlines: the same program as ``parts`` traces), unless it asks
+    :func:`slice_position`: then every slice is traced on its own, with its own position."""
     n = x.shape[0]
-    outer = _AT.get()
+    outer = slice_position()  # a read: these slices' positions follow the outer one
     base, total = (0, n) if outer is None else (outer.start, outer.total)
     bounds = [n * k // parts for k in range(parts + 1)]
+    # Shared only while tracing (a concrete batch runs op by op, as fn would), and through a
+    # new function for each call, so no trace is shared with another batch or position.
+    reads: list[int] = [] if isinstance(x, jax.core.Tracer) else [1]
+    shared = jax.jit(lambda part: fn(part))
     outputs = []
     with whole_batch():
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             token = _AT.set(SlicePosition(base + a, b - a, total))
+            reads_token = _READS.set(reads)
             try:
-                outputs.append(fn(x[a:b]))
+                # Once a trace has read the position, later slices are traced afresh.
+                outputs.append(fn(x[a:b]) if reads else shared(x[a:b]))
             finally:
+                _READS.reset(reads_token)
                 _AT.reset(token)
     return jnp.concatenate(outputs)
