@@ -97,7 +97,7 @@ class Config:
     ``early_stopping_patience`` epochs without a better validation accuracy stop the run
     (0 = off); ``loss_tolerance`` stops it once an epoch's mean train loss is below it (0 = off).
     ``on_nonfinite``: "stop" raises on a NaN/Inf loss, "skip" drops those steps and counts them.
-    ``steps_per_call`` training steps run in one compiled call (a ``lax.scan``), between which
+    ``steps_per_call`` training steps run in one compiled call (a loop over batches), between which
     the runner listens for SIGINT/SIGTERM: a signal stops it within two such calls, with a
     checkpoint in the middle of the epoch; larger values dispatch less often, results are the
     same bit for bit.

@@ -1,6 +1,6 @@
 """Whole-epoch drivers: one epoch of a training step as compiled calls over the data.
 
-:func:`make_epoch_fn` runs an epoch in one compiled call (``lax.scan`` over batches, the data
+:func:`make_epoch_fn` runs an epoch in one compiled call (a loop over batches, the data
 kept on the device) or, when the data is too large for that, as a loop of compiled steps fed
 from the host; both do the same arithmetic, so they give the same parameters.
 """
@@ -43,11 +43,11 @@ def make_epoch_fn(
     :func:`jaxcnn.data.batch_indices` fixes the order from ``seed`` and ``epoch``).
 
     ``driver``: ``"scan"`` keeps the data on the device and runs the epoch as one compiled
-    ``lax.scan``; ``"loop"`` keeps the data on the host and calls one compiled step per batch;
-    ``"auto"`` scans when the data is at most :data:`SCAN_MAX_BYTES`. ``metrics`` holds one
-    value per step (NumPy, fetched once at the end). With ``halt_on_nonfinite``, the first step
-    with a non-finite loss freezes the state for the rest of the epoch, so the caller can stop
-    exactly there.
+    loop over its batches; ``"loop"`` keeps the data on the host and calls one compiled step
+    per batch; ``"auto"`` scans when the data is at most :data:`SCAN_MAX_BYTES`. ``metrics``
+    holds one value per step (NumPy, fetched once at the end). With ``halt_on_nonfinite``, the
+    first step with a non-finite loss freezes the state for the rest of the epoch, so the
+    caller can stop exactly there.
 
     ``run(ts, *, seed, epoch, start=0, stop=None, progress=None)``: ``start`` skips the epoch's
     first ``start`` steps (to continue an epoch that a checkpoint interrupted: the same batches
@@ -139,7 +139,7 @@ def make_epoch_fn(
             carry, out = first_carry(ts), []
             for lo in range(0, len(idx), size):
                 rows, count = _padded(idx[lo: lo + size], size)
-                carry, metrics = scan_call(carry, dev_images, dev_labels, place(rows),
+                carry, metrics = epoch_call(carry, dev_images, dev_labels, place(rows),
                                            place(np.int32(count)))
                 out.append((metrics, count))
                 if len(out) > 1:  # one call queued behind the running one, no more
@@ -151,26 +151,25 @@ def make_epoch_fn(
             return carry[0], _stack(out)
 
         @jax.jit
-        def scan_call(carry, images, labels, idx, count):
-            # The first `count` steps of `idx` (size, batch): a scan whose length is an
+        def epoch_call(carry, images, labels, idx, count):
+            # The first `count` steps of `idx` (size, batch), in a loop whose trip count is an
             # argument, so every call of an epoch, the shorter last one and a resumed epoch's
             # first included, runs this one program. Steps past `count` leave their rows of
-            # the metrics zero.
-            def gathered(carry, rows):
-                return body(carry, (images[rows], labels[rows]))
-
-            shapes = jax.eval_shape(gathered, carry, idx[0])[1]
+            # the metrics zero. The step is a nested jit (inlined by XLA), traced once for its
+            # metrics' shapes and the loop alike.
+            step = jax.jit(lambda carry, rows: body(carry, (images[rows], labels[rows])))
+            shapes = jax.eval_shape(step, carry, idx[0])[1]
             metrics = jax.tree.map(lambda s: jnp.zeros((size, *s.shape), s.dtype), shapes)
 
             def one(i, state):
                 carry, metrics = state
-                carry, m = gathered(carry, idx[i])
+                carry, m = step(carry, idx[i])
                 return carry, jax.tree.map(lambda all_, v: all_.at[i].set(v), metrics, m)
 
             return jax.lax.fori_loop(0, count, one, (carry, metrics))
 
         def compile_first_call(ts):
-            scan_call.lower(first_carry(ts), dev_images, dev_labels,
+            epoch_call.lower(first_carry(ts), dev_images, dev_labels,
                             place(order(0, 0)[:size]), place(np.int32(size))).compile()
 
         run.compile = compile_first_call  # type: ignore[attr-defined]
@@ -178,9 +177,9 @@ def make_epoch_fn(
 
     @jax.jit
     def step(carry, images, labels):
-        # A scan of length one compiles the step exactly as the scanned epoch does, so both
+        # The step as a nested jit in a loop of one, as the scanned epoch runs it, so both
         # drivers give bit-identical results.
-        return jax.lax.scan(body, carry, (images[None], labels[None]))
+        return jax.lax.scan(jax.jit(body), carry, (images[None], labels[None]))
 
     def run(ts, *, seed, epoch, start=0, stop=None, progress=None):
         idx = order(seed, epoch)[_check_start(start, steps)]
@@ -218,9 +217,9 @@ def _padded(rows: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     return rows, count
 
 
-def _first(metrics: Metrics, count: int) -> dict[str, np.ndarray]:
+def _first(metrics: Metrics, count: int) -> Metrics:
     """The first ``count`` steps of one call's NumPy metrics."""
-    return {k: np.asarray(v)[:count] for k, v in metrics.items()}
+    return jax.tree.map(lambda v: np.asarray(v)[:count], metrics)
 
 
 def _stack(out: list[tuple[Metrics, int]]) -> dict[str, np.ndarray]:
@@ -228,4 +227,4 @@ def _stack(out: list[tuple[Metrics, int]]) -> dict[str, np.ndarray]:
     array per name, fetched in one transfer."""
     fetched = jax.device_get([m for m, _ in out])
     calls = [_first(m, count) for m, (_, count) in zip(fetched, out, strict=True)]
-    return {k: np.concatenate([c[k] for c in calls]) for k in calls[0]}
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *calls)

@@ -78,3 +78,19 @@ def test_concat_slices_traces_fn_once_per_slice_shape_unless_it_reads_the_positi
     assert seen == [(0, 2, 10), (2, 3, 10), (5, 2, 10), (7, 3, 10)]
     starts = np.repeat([0, 2, 5, 7], [2, 3, 2, 3])[:, None]
     np.testing.assert_array_equal(got, x + starts)
+
+
+def test_nested_slices_share_the_outer_trace_and_aux_comes_from_the_last_slice():
+    """A convolution's own split inside a batch slice does not by itself make every batch slice
+    trace afresh; ``has_aux`` returns the last slice's aux, computed inside the shared trace."""
+    x = jnp.arange(16.0)[:, None]
+    traced = []
+
+    def outer(part):
+        traced.append(part.shape[0])
+        y = cpu.concat_slices(lambda q: q * 3.0, part, 2)
+        return y, {"total": jnp.sum(part)}
+
+    y, aux = jax.jit(lambda x: cpu.concat_slices(outer, x, 4, has_aux=True))(x)
+    np.testing.assert_array_equal(y, x * 3.0)
+    assert traced == [4] and float(aux["total"]) == float(jnp.sum(x[12:]))

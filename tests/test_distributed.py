@@ -92,7 +92,7 @@ def reference() -> dict[str, np.ndarray]:
            "runs on CPU devices only when it runs on the CPU too")
 def test_eight_devices_follow_the_single_device_run(tmp_path: Path, reference) -> None:
     hlo = tmp_path / "hlo"
-    dump = f"--xla_dump_to={hlo} --xla_dump_hlo_module_re=^jit_(scan_epoch|step)$"
+    dump = f"--xla_dump_to={hlo} --xla_dump_hlo_module_re=^jit_(epoch_call|step)$"
     (got,) = _run_workers(tmp_path, [_worker_env(8, dump)])
     assert (int(got["device_count"]), int(got["process_count"])) == (8, 1)
     for driver in worker.DRIVERS:
@@ -100,7 +100,7 @@ def test_eight_devices_follow_the_single_device_run(tmp_path: Path, reference) -
     _assert_matches(got, reference)
     # Data parallel, not 8 copies of the same work: each device convolves 64 / 8 = 8 rows, and
     # the gradients are all-reduced; in both drivers' compiled programs.
-    for name in ("jit_scan_epoch", "jit_step"):
+    for name in ("jit_epoch_call", "jit_step"):
         (path,) = hlo.glob(f"*.{name}.*after_optimizations.txt")
         text = path.read_text()
         assert "num_partitions=8" in text and "all-reduce(" in text, name

@@ -1113,3 +1113,29 @@ def test_relu_before_an_average_pool_is_not_reordered():
     x[0, 2:, 2:, 0] = -1.0
     got = model.apply(*model.init(KEY, x.shape)[1:], jnp.asarray(x))[0]
     np.testing.assert_allclose(got.ravel(), [np.tanh(0.5)], rtol=1e-6)
+
+
+def test_a_sliced_serial_returns_the_state_a_per_example_layer_computes(monkeypatch):
+    """A per-example layer with state, in a serial that slices its batch under jit: the state
+    comes back from the slices' shared trace (no leaked tracer), as the whole batch gives it."""
+    from jaxcnn import cpu
+    from jaxcnn.layers.core import make_layer
+
+    monkeypatch.setenv("JAXCNN_CPU", "on")
+
+    def init(key, in_shape):
+        return in_shape, {}, {"calls": jnp.zeros((), jnp.int32)}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x * 2.0, {"calls": state["calls"] + 1}
+
+    counter = make_layer(init, apply, L.LayerInfo("Counter", "counter", None, per_example=True))
+    model = L.serial(counter, L.Flatten(), L.Dense(2))
+    _, params, state = model.init(KEY, (None, 3))
+    x = jax.random.normal(KEY, (64, 3))
+    run = jax.jit(lambda p, s, x: model.apply(p, s, x, key=KEY, train=True))
+    y, new_state = run(params, state, x)
+    with cpu.whole_batch():
+        want, want_state = model.apply(params, state, x, key=KEY, train=True)
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+    assert int(jax.tree.leaves(new_state)[0]) == int(jax.tree.leaves(want_state)[0]) == 1

@@ -16,7 +16,7 @@ import contextlib
 import contextvars
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -109,47 +109,55 @@ _AT: contextvars.ContextVar[SlicePosition | None] = contextvars.ContextVar("jaxc
                                                                           default=None)
 
 
-# Set by concat_slices: the traces that asked slice_position, counted while fn is traced.
-_READS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
-    "jaxcnn_slice_position_reads", default=None)
+# Set by concat_slices: one list per enclosing call, to which a read of slice_position is
+# added while fn is traced (a nested call's slices lie where the outer slice does).
+_READS: contextvars.ContextVar[tuple[list[int], ...]] = contextvars.ContextVar(
+    "jaxcnn_slice_position_reads", default=())
 
 
 def slice_position() -> SlicePosition | None:
     """The rows of the whole batch that the slice being traced holds, inside
     :func:`concat_slices` (nested slices give rows of the outermost batch); None outside, where
     a layer sees the whole batch. Read when a function is traced."""
-    reads = _READS.get()
-    if reads is not None:
+    for reads in _READS.get():
         reads.append(1)
     return _AT.get()
 
 
-def concat_slices(fn: Callable[[Array], Array], x: Array, parts: int) -> Array:
+def concat_slices(fn: Callable[[Array], Any], x: Array, parts: int, *,
+                  has_aux: bool = False) -> Any:
     """``fn`` over ``parts`` near-equal slices of the batch ``x`` (1 <= parts <= N),
     concatenated: independent work that XLA's CPU runtime runs on different cores. ``fn`` runs
     inside :func:`whole_batch`, so no model it applies cuts a slice again, and with
-    :func:`slice_position` saying which rows of the batch it holds.
+    :func:`slice_position` saying which rows of the batch it holds. ``has_aux``: ``fn``
+    returns ``(output, aux)``; the result is then ``(concatenated outputs, the last slice's
+    aux)``.
 
     Under a trace, ``fn`` is traced once for all slices of one shape (a nested ``jax.jit``,
-    which XLA inlines: the same program as ``parts`` traces), unless it asks
-    :func:`slice_position`: then every slice is traced on its own, with its own position."""
+    which XLA inlines), unless a trace asks :func:`slice_position` (``Dropout`` does): then
+    every later slice is traced on its own, with its own position. So ``fn`` must return what
+    it computes, not keep it by a side effect (``has_aux`` is for that)."""
     n = x.shape[0]
-    outer = slice_position()  # a read: these slices' positions follow the outer one
+    outer = _AT.get()
     base, total = (0, n) if outer is None else (outer.start, outer.total)
     bounds = [n * k // parts for k in range(parts + 1)]
     # Shared only while tracing (a concrete batch runs op by op, as fn would), and through a
     # new function for each call, so no trace is shared with another batch or position.
     reads: list[int] = [] if isinstance(x, jax.core.Tracer) else [1]
     shared = jax.jit(lambda part: fn(part))
-    outputs = []
+    outputs, aux = [], None
     with whole_batch():
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             token = _AT.set(SlicePosition(base + a, b - a, total))
-            reads_token = _READS.set(reads)
+            reads_token = _READS.set((*_READS.get(), reads))
             try:
                 # Once a trace has read the position, later slices are traced afresh.
-                outputs.append(fn(x[a:b]) if reads else shared(x[a:b]))
+                out = fn(x[a:b]) if reads else shared(x[a:b])
             finally:
                 _READS.reset(reads_token)
                 _AT.reset(token)
-    return jnp.concatenate(outputs)
+            if has_aux:
+                out, aux = out
+            outputs.append(out)
+    y = jnp.concatenate(outputs)
+    return (y, aux) if has_aux else y

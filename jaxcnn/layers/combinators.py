@@ -200,15 +200,11 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
         count = cpu.batch_slices(x.shape[0]) if jnp.ndim(x) else 1
         if count == 1:
             return wired(params, state, x, key=key, train=train)
-        states = []
-
         def part_of(part):
-            y, part_state = wired(params, state, part, key=key, train=train)
-            states.append(part_state)
-            return y
+            return wired(params, state, part, key=key, train=train)
 
         try:
-            return cpu.concat_slices(part_of, x, count), states[-1]
+            return cpu.concat_slices(part_of, x, count, has_aux=True)
         except LayerError:  # raised while tracing: again whole, for a message of the batch
             return wired(params, state, x, key=key, train=train)
 
