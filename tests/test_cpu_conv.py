@@ -281,6 +281,25 @@ def test_the_plan_for_odd_shapes_computes_the_convolution(case):
     _assert_plan_serves(case)
 
 
+@pytest.mark.parametrize("avx512", [True, False])
+def test_the_input_gradient_of_few_channels_is_a_gemm_with_avx512(avx512):
+    """conv2 of LeNet-5 (6 input channels): dX as one GEMM with AVX-512 (1.32x-1.38x a
+    training step on the Intel kind, benchmarks/README.md), the rotated-kernel convolution
+    without; a 1-channel input always as a GEMM; 8 channels on, and groups, as a convolution.
+    Both forms compute the same gradient (the PLANS sweep above)."""
+    features = {"AVX512F": avx512}
+    for cin, groups, want in ((1, 1, "gemm"), (2, 1, "gemm" if avx512 else "conv"),
+                              (6, 1, "gemm" if avx512 else "conv"),
+                              (7, 1, "gemm" if avx512 else "conv"), (8, 1, "conv"),
+                              (32, 1, "conv"), (3, 2, "conv")):
+        plan = cc.plan_for((128, 14, 14, cin * groups), (5, 5, cin, 16), groups,
+                           features=features)
+        assert plan.dx == want, (cin, groups, avx512, plan)
+    # without a table, the host's: the plan lenet5's conv2 gets on this machine
+    host = cc.plan_for((128, 14, 14, 6), (5, 5, 6, 16)).dx
+    assert host == ("gemm" if cpu.has_avx512() else "conv")
+
+
 def test_batch_split_gives_the_same_numbers():
     case = CASES[2]
     x, w, g = _data(case)

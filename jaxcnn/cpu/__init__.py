@@ -35,6 +35,7 @@ cost LeNet-5 at batch 1024 up to 9% (not measured inline on AVX-512).
 
 from jaxcnn.cpu.conv import Plan, conv2d, plan_for
 from jaxcnn.cpu.dispatch import call_inline
+from jaxcnn.cpu.features import cpu_features, has_avx512
 from jaxcnn.cpu.memory import keep_freed_memory
 from jaxcnn.cpu.slices import (
     MAX_SLICES,
@@ -51,7 +52,8 @@ from jaxcnn.cpu.switch import ENV_VAR, enabled, off
 
 __all__ = [
     "ENV_VAR", "MAX_SLICES", "MIN_SLICED_BATCH", "Plan", "SLICE_ROWS", "SlicePosition",
-    "batch_slices", "call_inline", "concat_slices", "conv2d", "enabled", "keep_freed_memory", "off",
+    "batch_slices", "call_inline", "concat_slices", "conv2d", "cpu_features", "enabled",
+    "has_avx512", "keep_freed_memory", "off",
     "plan_for", "slice_position", "slice_rows", "whole_batch",
 ]
 

@@ -45,6 +45,7 @@ the CPU; GPU and TPU keep ``lax.conv_general_dilated`` as it is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import NamedTuple
 
@@ -54,6 +55,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxcnn.checks import is_int
+from jaxcnn.cpu.features import has_avx512
 from jaxcnn.cpu.slices import concat_slices
 from jaxcnn.typedefs import Array
 
@@ -84,18 +86,24 @@ class _Cfg(NamedTuple):
     plan: Plan
 
 
-def plan_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1) -> Plan:
+def plan_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1, *,
+             features: Mapping[str, bool] | None = None) -> Plan:
     """The formulation of each piece for a convolution of these shapes (x NHWC, w HWIO), as
-    measured in whole training steps and with ``benchmarks/conv_breakdown.py`` on a 2-core
-    AVX2 CPU: the 1-channel forward as taps (for inference only up to 16 output channels), the
-    input gradient of a 1-channel input as a GEMM, the weight gradient as a
-    GEMM from 32 output channels on (or with groups) and as a convolution below; in training,
-    from batch 64 on, the convolutions run as 4 batch slices. A batch that is not a concrete
-    int (None, or symbolic under ``jax.export``) runs whole."""
+    measured in whole training steps and with ``benchmarks/conv_breakdown.py`` on 2-core
+    CPUs: the 1-channel forward as taps (for inference only up to 16 output channels), the
+    input gradient as a GEMM for a 1-channel input and, with AVX-512, for 2 to 7 input
+    channels (``benchmarks/conv_plans.py``), the weight gradient as a GEMM from 32 output
+    channels on (or with groups) and as a convolution below; in training, from batch 64 on,
+    the convolutions run as 4 batch slices. A batch that is not a concrete int (None, or
+    symbolic under ``jax.export``) runs whole. ``features``: a CPU feature table like
+    :func:`jaxcnn.cpu.features.cpu_features`'s (the host's when None)."""
     kh, kw, cin_g, cout = w_shape
     single = groups == 1
     fwd = "taps" if single and cin_g == 1 else "lax"
-    dx = "gemm" if single and cin_g == 1 else "conv"
+    # XLA runs a convolution of so few channels in Eigen; the GEMM goes to YNNPACK, which uses
+    # AVX-512 where the cores have it.
+    few = cin_g == 1 or (cin_g < 8 and has_avx512(features))
+    dx = "gemm" if single and few else "conv"
     dw = "gemm" if cout >= 32 or not single else "conv"
     # XLA's CPU runtime runs a convolution whose output is stored on one core; inside a
     # training step (a scan body) it runs independent ones side by side.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcnn.checks import is_int
+from jaxcnn.cpu.features import has_avx512
 from jaxcnn.cpu.switch import enabled
 from jaxcnn.typedefs import Array
 
@@ -33,24 +33,10 @@ def slice_rows(features: Mapping[str, bool] | None = None) -> int:
     """Rows per batch slice on this CPU: 32 with AVX-512, else 16. A core with wider vectors
     finishes a slice's operations sooner, so their fixed cost weighs more and larger slices win
     (``benchmarks/README.md``, CPU mechanisms). ``features``: NumPy's runtime CPU feature table
-    (the host's when None)."""
-    if features is None:
-        features = _numpy_cpu_features()
-    return 32 if features.get("AVX512F") else 16
+    (the host's when None; :func:`jaxcnn.cpu.features.cpu_features`)."""
+    return 32 if has_avx512(features) else 16
 
 
-def _numpy_cpu_features() -> Mapping[str, bool]:
-    """NumPy's runtime CPU feature table (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x);
-    empty where neither has it, which means the narrower vectors."""
-    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
-        try:
-            return importlib.import_module(module).__cpu_features__
-        except (ImportError, AttributeError):
-            continue
-    return {}
-
-
-#: Rows a batch slice aims at on this host (:func:`slice_rows`).
 SLICE_ROWS = slice_rows()
 #: The most slices a batch is computed in.
 MAX_SLICES = 16
