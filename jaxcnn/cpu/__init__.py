@@ -6,9 +6,10 @@ of its own there, each kept because a paired benchmark showed 5% or more on some
 
 - :mod:`jaxcnn.cpu.conv`: a ``jax.custom_jvp`` convolution whose gradients XLA's CPU backend
   runs fast inside a ``lax.scan`` (dW as one GEMM, dX as the canonical correlation with the
-  rotated kernel, few-channel forms, each convolution of the differentiated pass in 4 batch
-  slices). :func:`jaxcnn.ops.conv2d`, so every ``Conv`` layer, uses it. simple_cnn trained 25x
-  (batch 128) to 70x (1024) faster than with JAX's own derivatives, lenet5 5x to 11x.
+  rotated kernel, few-channel forms (with AVX-512, :func:`has_avx512`, dX of 2-7 input
+  channels as a GEMM), each convolution of the differentiated pass in 4 batch slices).
+  :func:`jaxcnn.ops.conv2d`, so every ``Conv`` layer, uses it. simple_cnn trained 25x (batch
+  128) to 70x (1024) faster than with JAX's own derivatives, lenet5 5x to 11x.
 - :mod:`jaxcnn.cpu.slices`: a training batch of a per-example model (Dropout included: it
   draws the whole batch's mask, :func:`slice_position`) computed as 4 to 16 slices
   (:func:`batch_slices`) whose outputs are concatenated, applied by
