@@ -69,6 +69,32 @@ def build(model_name: str, batch: int, slices, x: np.ndarray, y: np.ndarray,
     return lambda e: jax.block_until_ready(epoch(ts, seed=0, epoch=e))
 
 
+def interleave(runs: dict, passes: int) -> dict[object, list[float]]:
+    """Seconds of each ``runs[v](epoch)`` in ``passes`` passes whose order rotates."""
+    values = list(runs)
+    secs = {v: [] for v in values}
+    for k in range(passes):
+        for v in values[k % len(values):] + values[:k % len(values)]:
+            t = time.perf_counter()
+            runs[v](k + 1)
+            secs[v].append(time.perf_counter() - t)
+    return secs
+
+
+def paired(secs: dict[object, list[float]], images: int) -> dict[object, str]:
+    """For each value: "img/s (median) | median ratio to the first value's epoch in the same
+    pass | passes won" as table cells."""
+    first = next(iter(secs))
+    ref = np.array(secs[first])
+    out = {}
+    for v, t in secs.items():
+        ratio = ref / np.array(t)  # > 1: faster than the first value
+        won = "" if v == first else f"{int((ratio > 1).sum())}/{len(t)}"
+        out[v] = (f"{statistics.median(images / np.array(t)):,.0f} | "
+                  f"{statistics.median(ratio):.3f} | {won}")
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="lenet5,simple_cnn")
@@ -94,21 +120,9 @@ def main(argv=None) -> None:
             runs = {v: build(model_name, batch, v, x, y) for v in values}
             model = make_model(model_name)
             counts = {v: train_lib.batch_slices_for(model, batch, v) for v in values}
-            secs = {v: [] for v in values}
-            for k in range(args.passes):
-                order = values[k % len(values):] + values[:k % len(values)]
-                for v in order:
-                    t = time.perf_counter()
-                    runs[v](k + 1)
-                    secs[v].append(time.perf_counter() - t)
-            ref = np.array(secs[values[0]])
+            cells = paired(interleave(runs, args.passes), batch * steps)
             for v in values:
-                ratio = ref / np.array(secs[v])  # > 1: faster than the first value
-                used = counts[v]
-                won = "" if v == values[0] else f"{int((ratio > 1).sum())}/{args.passes}"
-                print(f"| {model_name} | {batch} | {v} | {used} | "
-                      f"{statistics.median(batch * steps / np.array(secs[v])):,.0f} | "
-                      f"{statistics.median(ratio):.3f} | {won} |", flush=True)
+                print(f"| {model_name} | {batch} | {v} | {counts[v]} | {cells[v]} |", flush=True)
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 

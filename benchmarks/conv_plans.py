@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import batch_slices  # noqa: E402
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from jaxcnn import cpu  # noqa: E402
 from jaxcnn.cpu import conv as cc  # noqa: E402
@@ -110,19 +107,10 @@ def main(argv=None) -> None:
             for s in plans:
                 with planned(overrides[s], shapes):
                     runs[s] = batch_slices.build(model_name, batch, "auto", x, y)
-            secs = {s: [] for s in plans}
-            for k in range(args.passes):
-                for s in plans[k % len(plans):] + plans[:k % len(plans)]:
-                    t = time.perf_counter()
-                    runs[s](k + 1)
-                    secs[s].append(time.perf_counter() - t)
-            ref = np.array(secs[plans[0]])
+            cells = batch_slices.paired(batch_slices.interleave(runs, args.passes),
+                                        batch * steps)
             for s in plans:
-                ratio = ref / np.array(secs[s])
-                won = "" if s == plans[0] else f"{int((ratio > 1).sum())}/{args.passes}"
-                print(f"| {model_name} | {batch} | {s} | "
-                      f"{statistics.median(batch * steps / np.array(secs[s])):,.0f} | "
-                      f"{statistics.median(ratio):.3f} | {won} |", flush=True)
+                print(f"| {model_name} | {batch} | {s} | {cells[s]} |", flush=True)
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 
