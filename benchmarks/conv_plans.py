@@ -29,6 +29,9 @@ import jax  # noqa: E402
 from jaxcnn import cpu  # noqa: E402
 from jaxcnn.cpu import conv as cc  # noqa: E402
 
+CHOICES = {"fwd": ("lax", "taps"), "dx": ("conv", "gemm"), "dw": ("conv", "gemm"),
+           "infer": ("lax", "taps")}
+
 
 def parse_plan(text: str) -> dict[int, dict[str, str | int]]:
     """``"conv2:dx=gemm,split=1/conv1:dw=gemm"`` -> {2: {"dx": "gemm", "split": 1}, 1: {...}};
@@ -38,28 +41,41 @@ def parse_plan(text: str) -> dict[int, dict[str, str | int]]:
     out: dict[int, dict[str, str | int]] = {}
     for part in text.split("/"):
         layer, _, fields = part.strip().partition(":")
-        if not layer.startswith("conv") or not fields:
-            raise SystemExit(f"conv_plans: a plan is 'picked' or 'convK:field=value,...', got "
-                             f"{part!r}")
-        over = {}
+        if not (layer.startswith("conv") and layer[4:].isdigit() and fields):
+            raise SystemExit(f"conv_plans: a plan is 'picked' or 'convK:field=value,...' "
+                             f"(K from 1), got {part!r}")
+        over: dict[str, str | int] = {}
         for field in fields.split(","):
             key, _, value = field.partition("=")
-            if key not in cc.Plan._fields:
-                raise SystemExit(f"conv_plans: {key!r} is not a field of Plan "
-                                 f"{cc.Plan._fields}")
-            over[key] = int(value) if key == "split" else value
+            if key == "split" and value.isdigit() and int(value) >= 1:
+                over[key] = int(value)
+            elif value in CHOICES.get(key, ()):
+                over[key] = value
+            else:
+                raise SystemExit(f"conv_plans: {field!r}: the fields are split=<int >= 1> and "
+                                 + ", ".join(f"{k} in {v}" for k, v in CHOICES.items()))
         out[int(layer[4:])] = over
     return out
 
 
 def kernel_shapes(model_name: str) -> list[tuple[int, ...]]:
-    """The HWIO kernel shape of each convolution of the model, in order (leaves named ``w``
-    with 4 axes)."""
+    """The HWIO kernel shape of each convolution of the model, in the model's order (the
+    parameters' ``w`` leaves with 4 axes, walked in the order the layers made them)."""
     model = batch_slices.make_model(model_name)
     _, params, _ = model.init(jax.random.key(0), (None, 28, 28, 1))
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    return [tuple(v.shape) for path, v in leaves
-            if v.ndim == 4 and getattr(path[-1], "key", None) == "w"]
+
+    def walk(tree):
+        if isinstance(tree, dict):
+            for key, value in tree.items():
+                if key == "w" and getattr(value, "ndim", 0) == 4:
+                    yield tuple(value.shape)
+                else:
+                    yield from walk(value)
+        elif isinstance(tree, list | tuple):
+            for value in tree:
+                yield from walk(value)
+
+    return list(walk(params))
 
 
 @contextlib.contextmanager
@@ -67,7 +83,14 @@ def planned(overrides: dict[int, dict], shapes: list[tuple[int, ...]]):
     """``plan_for`` with ``overrides`` applied to the convolutions of those kernel shapes while
     a step is traced."""
     picked = cc.plan_for
-    by_shape = {shapes[k - 1]: over for k, over in overrides.items()}
+    by_shape = {}
+    for k, over in overrides.items():
+        if not 1 <= k <= len(shapes):
+            raise SystemExit(f"conv_plans: conv{k}: the model has {len(shapes)} convolutions")
+        if shapes.count(shapes[k - 1]) > 1:
+            raise SystemExit(f"conv_plans: conv{k}'s kernel shape {shapes[k - 1]} is shared by "
+                             f"another convolution, so its plan cannot be overridden alone")
+        by_shape[shapes[k - 1]] = over
 
     def plan_for(x_shape, w_shape, groups=1, **kw):
         return picked(x_shape, w_shape, groups, **kw)._replace(

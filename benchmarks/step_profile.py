@@ -46,10 +46,12 @@ def spans(trace: dict) -> list[tuple[float, float, str]]:
                         "tf_XLA") and not e["name"].startswith(("ThunkExecutor",
                                                                 "ThreadpoolListener",
                                                                 "SlinkyThreadPool")))
-    ends = collections.defaultdict(list)
-    for _, end, name in events:
-        if name.startswith("end: "):
-            ends[name[5:]].append(end)
+    ends = collections.defaultdict(list)  # on any thread: a pool task may end it elsewhere
+    for e in trace["traceEvents"]:
+        if e.get("ph") == "X" and e["name"].startswith("end: "):
+            ends[e["name"][5:]].append(e["ts"] + e.get("dur", 0))
+    for times in ends.values():
+        times.sort()
     taken: collections.Counter = collections.Counter()
     out = []
     for start, end, name in events:
@@ -64,6 +66,9 @@ def spans(trace: dict) -> list[tuple[float, float, str]]:
 
 
 def summary(ops: list[tuple[float, float, str]], steps: int, top: int) -> str:
+    if not ops:
+        raise SystemExit("step_profile: the trace holds no XLA operations on threads named "
+                         "tf_XLA*; this JAX version names its runtime's threads otherwise")
     edges = sorted([(a, 1) for a, _, _ in ops] + [(b, -1) for _, b, _ in ops])
     level, last = 0, edges[0][0]
     flight: collections.Counter = collections.Counter()

@@ -94,9 +94,9 @@ def plan_for(x_shape: tuple[int, ...], w_shape: tuple[int, ...], groups: int = 1
     input gradient as a GEMM for a 1-channel input and, with AVX-512, for 2 to 7 input
     channels (``benchmarks/conv_plans.py``), the weight gradient as a GEMM from 32 output
     channels on (or with groups) and as a convolution below; in training, from batch 64 on,
-    the convolutions run as 4 batch slices. A batch that is not a concrete int (None, or
-    symbolic under ``jax.export``) runs whole. ``features``: a CPU feature table like
-    :func:`jaxcnn.cpu.features.cpu_features`'s (the host's when None)."""
+    the convolutions (not the GEMMs) run as 4 batch slices. A batch that is not a concrete
+    int (None, or symbolic under ``jax.export``) runs whole. ``features``: a CPU feature
+    table like :func:`jaxcnn.cpu.features.cpu_features`'s (the host's when None)."""
     kh, kw, cin_g, cout = w_shape
     single = groups == 1
     fwd = "taps" if single and cin_g == 1 else "lax"

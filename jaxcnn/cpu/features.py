@@ -8,17 +8,18 @@ channels (:func:`jaxcnn.cpu.plan_for`) follow whether the cores have AVX-512.
 from __future__ import annotations
 
 import importlib
+import types
 from collections.abc import Mapping
 
 __all__ = ["cpu_features", "has_avx512"]
 
 
 def cpu_features() -> Mapping[str, bool]:
-    """NumPy's runtime CPU feature table (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x);
-    empty where neither has it, which means the narrower vectors."""
+    """NumPy's runtime CPU feature table (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x),
+    read-only; empty where neither has it, which means the narrower vectors."""
     for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
         try:
-            return importlib.import_module(module).__cpu_features__
+            return types.MappingProxyType(importlib.import_module(module).__cpu_features__)
         except (ImportError, AttributeError):
             continue
     return {}

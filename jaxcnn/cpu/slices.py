@@ -37,6 +37,7 @@ def slice_rows(features: Mapping[str, bool] | None = None) -> int:
     return 32 if has_avx512(features) else 16
 
 
+#: Rows a batch slice aims at on this host (:func:`slice_rows`).
 SLICE_ROWS = slice_rows()
 #: The most slices a batch is computed in.
 MAX_SLICES = 16
