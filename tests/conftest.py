@@ -1,4 +1,5 @@
-"""Shared pytest configuration: the ``requires_cpu_backend`` marker.
+"""Shared pytest configuration: the ``requires_cpu_backend`` marker and the
+``proc_cpu_flags`` fixture (the kernel's CPU flags, to check jaxcnn's CPU feature reading).
 
 Most tests hold on any JAX backend. Some test what only the CPU backend runs (jaxcnn's CPU
 mechanisms: :mod:`jaxcnn.cpu`'s convolution plans and batch slices, which ``JAXCNN_CPU=auto``
@@ -10,6 +11,8 @@ so collecting the tests starts no backend.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +37,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         reason = marker.kwargs.get("reason", marker.args[0] if marker.args else
                                    CPU_BACKEND_REASON)
         pytest.skip(f"needs JAX's CPU backend, this host's default is {backend!r}: {reason}")
+
+
+@pytest.fixture
+def proc_cpu_flags() -> set[str]:
+    """The CPU flags the kernel lists in /proc/cpuinfo (empty where there is none): the host's
+    own account of its vector units, independent of NumPy's feature table."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return set()
+    return {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+            for f in line.split(":", 1)[1].split()}

@@ -1,7 +1,6 @@
 """jaxcnn.cpu.slices: how many slices a training batch is computed in on this host."""
 
 import importlib
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,7 @@ import pytest
 from jaxcnn import cpu
 
 
-def test_slice_rows_follow_the_vector_width(monkeypatch):
+def test_slice_rows_follow_the_vector_width(monkeypatch, proc_cpu_flags):
     assert cpu.slice_rows({"AVX512F": True, "AVX2": True}) == 32
     assert cpu.slice_rows({"AVX512F": False, "AVX2": True}) == 16
     assert cpu.slice_rows({}) == 16  # e.g. an ARM CPU
@@ -24,14 +23,11 @@ def test_slice_rows_follow_the_vector_width(monkeypatch):
         with monkeypatch.context() as patched:
             patched.setitem(table, "AVX512F", avx512)
             assert cpu.slice_rows() == rows
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = ({f for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
-              for f in line.split(":", 1)[1].split()} if cpuinfo.exists() else set())
-    if not flags:
+    if not proc_cpu_flags:
         pytest.skip("no /proc/cpuinfo flags to check the host's rows against")
     # The host's own answer, independently of NumPy's table, for the function and the constant
     # the step uses.
-    want = 32 if "avx512f" in flags else 16
+    want = 32 if "avx512f" in proc_cpu_flags else 16
     assert cpu.slice_rows() == want
     assert cpu.SLICE_ROWS == want
 
