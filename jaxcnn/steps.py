@@ -12,6 +12,7 @@ an uninterrupted run draws.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -176,15 +177,20 @@ def make_train_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTran
     (``benchmarks/README.md``, "Batch slices"). ``"auto"`` is the count a per-example
     :func:`jaxcnn.layers.serial` takes by itself in training mode (so a hand-written step gets
     the same); an int overrides it, 1 turns slicing off. A model that is not per-example
-    refuses an int > 1.
+    refuses an int > 1; with ``"auto"``, its serials compute their runs of per-example
+    layers in slices (:func:`jaxcnn.layers.serial`).
     """
     _check_batch_slices(model, batch_slices)
     call_loss = loss_caller(loss_fn, "make_train_step")
     opt = optax.with_extra_args_support(optimizer)
 
+    # "auto" leaves a model that mixes examples to its serials, which slice their runs of
+    # per-example layers; otherwise the count is decided here and the serials must not cut it.
+    own_runs = batch_slices == "auto" and not layer_info(model).per_example
+
     def forward(params, state, images, key, count):
-        if count == 1:  # decided here: the model's own serials must not cut the batch
-            with cpu.whole_batch():
+        if count == 1:
+            with contextlib.nullcontext() if own_runs else cpu.whole_batch():
                 return model.apply(params, state, images, key=key, train=True)
         # A per-example model has no batch statistics to update: its state stays as it is.
         return cpu.concat_slices(

@@ -997,17 +997,44 @@ def test_serials_that_mix_examples_or_run_elsewhere_run_whole(monkeypatch):
         assert seen == [128], (impl, seen)
 
 
-def test_a_serial_that_mixes_examples_runs_its_nested_serials_whole(monkeypatch):
+def test_a_serial_that_mixes_examples_slices_its_runs_of_per_example_layers(monkeypatch):
+    """In a serial with BatchNorm, each run of per-example layers holding a convolution or a
+    dense layer is computed in (at most 4) slices, BatchNorm and the runs without one on the
+    whole batch, and a nested serial that mixes examples cuts its own runs; with the whole
+    batch's values, state and gradients up to float rounding."""
     from jaxcnn import cpu
 
     monkeypatch.setenv(cpu.ENV_VAR, "on")
     monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
-    seen: list[int] = []
-    model = L.serial(L.serial(_spied(seen), L.Flatten()), L.BatchNorm(), L.Dense(2))
-    _, params, state = model.init(jax.random.key(0), (None, 3))
-    seen.clear()
-    model.apply(params, state, jnp.ones((128, 3)), key=jax.random.key(1), train=True)
-    assert seen == [128]
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": [], "d": []}
+    model = L.serial(
+        L.serial(_spied(seen["a"]), L.Flatten()), L.BatchNorm(),  # no conv or dense: whole
+        L.Dense(6), _spied(seen["b"]), L.BatchNorm(),             # sliced, then the batch
+        L.serial(_spied(seen["c"]), L.Dense(4), L.BatchNorm()),   # nested: its run sliced
+        L.Relu(), _spied(seen["d"]), L.Dense(2))                   # sliced
+    x = jax.random.normal(KEY, (128, 3, 1))
+    _, params, state = model.init(jax.random.key(0), (None, 3, 1))
+
+    def loss(params, whole):
+        if whole:
+            with cpu.whole_batch():
+                y, new = model.apply(params, state, x, key=KEY, train=True)
+        else:
+            y, new = model.apply(params, state, x, key=KEY, train=True)
+        return (y ** 2).mean(), new
+
+    for lst in seen.values():
+        lst.clear()
+    (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params, False)
+    # the rows each spy was traced (or, on a concrete batch, run) on: a run takes at most
+    # MAX_RUN_SLICES (4) of the batch's 8 slices
+    assert cpu.batch_slices(128) == 8 and cpu.MAX_RUN_SLICES == 4
+    assert {k: set(v) for k, v in seen.items()} == {"a": {128}, "b": {32}, "c": {32}, "d": {32}}
+    (want, want_new), want_grads = jax.value_and_grad(loss, has_aux=True)(params, True)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((new, grads)), jax.tree.leaves((want_new, want_grads)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_a_sliced_serial_returns_what_a_whole_one_returns(monkeypatch):

@@ -470,6 +470,33 @@ def test_the_step_runs_the_model_on_each_slice(monkeypatch, n, batch_slices, siz
     assert seen == sizes  # each slice once: the model's own serial does not cut them again
 
 
+def test_auto_lets_a_batchnorm_model_slice_its_runs_and_one_keeps_it_whole(monkeypatch):
+    """With "auto", a model that mixes examples computes its runs of per-example layers in
+    slices (BatchNorm on the whole batch); batch_slices=1 runs it whole; both give the same
+    step up to float rounding, running statistics included."""
+    monkeypatch.setenv("JAXCNN_CPU", "on")
+    monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
+    seen = []
+    spy = layers.Lambda(lambda x: (seen.append(x.shape[0]), x)[1], per_example=True)
+    model = layers.serial(layers.Conv(4, 3), spy, layers.BatchNorm(), layers.Relu(),
+                          layers.Flatten(), layers.Dense(3))
+    opt = optax.sgd(0.1)
+    ts = train.create_train_state(model, opt, jax.random.key(0), (None, 6, 6, 1))
+    batch = (jax.random.normal(jax.random.key(1), (128, 6, 6, 1)), jnp.arange(128) % 3)
+    got = {}
+    for slices in ("auto", 1):
+        seen.clear()
+        step = train.make_train_step(model, losses.softmax_cross_entropy, opt,
+                                     batch_slices=slices)
+        got[slices] = step(ts, batch)
+        assert set(seen) == ({128 // cpu.MAX_RUN_SLICES} if slices == "auto" else {128})
+    (a, ma), (b, mb) = got["auto"], got[1]
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+    for x, y in zip(jax.tree.leaves((a.params, a.state)), jax.tree.leaves((b.params, b.state)),
+                    strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
 def test_auto_slices_train_a_model_that_is_spatial_again_after_global_pooling(monkeypatch):
     monkeypatch.setenv("JAXCNN_CPU", "on")
     model = layers.serial(layers.Conv(4, 3), layers.Relu(), layers.GlobalAvgPool(),

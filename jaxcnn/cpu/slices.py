@@ -25,8 +25,8 @@ from jaxcnn.cpu.features import has_avx512
 from jaxcnn.cpu.switch import enabled
 from jaxcnn.typedefs import Array
 
-__all__ = ["MAX_SLICES", "MIN_SLICED_BATCH", "SLICE_ROWS", "SlicePosition", "batch_slices",
-           "concat_slices", "slice_position", "slice_rows", "whole_batch"]
+__all__ = ["MAX_RUN_SLICES", "MAX_SLICES", "MIN_SLICED_BATCH", "SLICE_ROWS", "SlicePosition",
+           "batch_slices", "concat_slices", "slice_position", "slice_rows", "whole_batch"]
 
 
 def slice_rows(features: Mapping[str, bool] | None = None) -> int:
@@ -41,6 +41,10 @@ def slice_rows(features: Mapping[str, bool] | None = None) -> int:
 SLICE_ROWS = slice_rows()
 #: The most slices a batch is computed in.
 MAX_SLICES = 16
+#: The most slices a run of per-example layers between layers that mix examples (BatchNorm)
+#: is computed in: each run ends in a join of its slices, and 16 slices of a run cost more than
+#: they gained (``benchmarks/README.md``, CPU mechanisms).
+MAX_RUN_SLICES = 4
 #: Smaller batches run whole: slices of fewer than 16 rows gained nothing.
 MIN_SLICED_BATCH = 64
 

@@ -10,6 +10,7 @@ layer, so the two cannot disagree.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -122,19 +123,46 @@ def _wired_apply(named: Sequence[tuple[str, Layer]], branches: tuple[tuple[str, 
         keys = child_keys(key)
         outputs, new_state = [], {}
         for branch in orders:
-            h = x
-            for nm in branch:
-                try:
-                    h, s = layers[nm].apply(_child(params, nm), _child(state, nm), h,
-                                            key=keys[nm], train=train)
-                except LayerError as e:
-                    raise e.at(nm) from None
-                if s:
-                    new_state[nm] = s
+            h, s = _apply_chain(layers, branch, params, state, x, keys, train)
             outputs.append(h)
+            new_state.update(s)
         return merge_branches(combine, outputs), new_state
 
     return apply
+
+
+def _apply_chain(layers: Mapping[str, Layer], chain: Sequence[str], params, state, x, keys,
+                 train: bool) -> tuple[Array, dict]:
+    """The children named in ``chain`` applied one after another; -> (output, their state)."""
+    h, new_state = x, {}
+    for nm in chain:
+        try:
+            h, s = layers[nm].apply(_child(params, nm), _child(state, nm), h, key=keys[nm],
+                                    train=train)
+        except LayerError as e:
+            raise e.at(nm) from None
+        if s:
+            new_state[nm] = s
+    return h, new_state
+
+
+def _computes(layer: Layer) -> bool:
+    """Whether ``layer`` holds a convolution or a dense layer (work worth a batch slice)."""
+    info = layer_info(layer)
+    return info.macs is not None or any(_computes(child) for _, child in info.children)
+
+
+def _runs(chain: Sequence[str], layers: Mapping[str, Layer]) -> tuple[tuple[bool, tuple], ...]:
+    """``chain`` cut into maximal runs of per-example children and of the others:
+    ((per_example, names), ...)."""
+    runs: list[tuple[bool, list[str]]] = []
+    for nm in chain:
+        each = layer_info(layers[nm]).per_example
+        if runs and runs[-1][0] == each:
+            runs[-1][1].append(nm)
+        else:
+            runs.append((each, [nm]))
+    return tuple((each, tuple(names)) for each, names in runs)
 
 
 def pool_before_relu(branch: Sequence[str], layers: Mapping[str, Layer]) -> tuple[str, ...]:
@@ -166,8 +194,9 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     In training mode on the CPU, a serial of per-example layers computes a large batch as
     :func:`jaxcnn.cpu.batch_slices` slices whose outputs are concatenated: the same
     function of the batch up to float rounding, which XLA's CPU runtime runs on both cores,
-    whoever writes the training step. A serial that is not per-example (BatchNorm)
-    runs whole, the serials nested in it too. A ``Relu`` followed by a ``MaxPool`` runs as the
+    whoever writes the training step. In a serial that is not per-example (BatchNorm), each
+    run of per-example children that holds a convolution or a dense layer is computed so,
+    and the other children see the whole batch. A ``Relu`` followed by a ``MaxPool`` runs as the
     pool, then the ReLU: the same values and gradients, for less work
     (:func:`pool_before_relu`)."""
     layers = _check_layers(layers, "Serial")
@@ -188,25 +217,40 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
                 state[nm] = s
         return shape, params, state
 
-    wired = _wired_apply(named, branches, None, _keys_each(names))
+    keys_of = _keys_each(names)
+    wired = _wired_apply(named, branches, None, keys_of)
     per_example = _all_per_example(named)
+    layer_of = dict(named)
+    runs = _runs(pool_before_relu(names, layer_of), layer_of)
+
+    def in_runs(params, state, x, key, count):
+        # each run of per-example children in slices, the others (BatchNorm) on the batch
+        keys = keys_of(key)
+        h, new_state = x, {}
+        for each, chain in runs:
+            if each and any(_computes(layer_of[nm]) for nm in chain):
+                run = partial(_apply_chain, layer_of, chain, params, state, keys=keys, train=True)
+                h, s = cpu.concat_slices(run, h, min(count, cpu.MAX_RUN_SLICES), has_aux=True)
+            elif each:  # no convolution or dense layer: slices would cost more than they gain
+                with cpu.whole_batch():
+                    h, s = _apply_chain(layer_of, chain, params, state, h, keys, True)
+            else:  # a nested combinator among them cuts its own runs
+                h, s = _apply_chain(layer_of, chain, params, state, h, keys, True)
+            new_state.update(s)
+        return h, new_state
 
     def apply(params, state, x, *, key=None, train=False):
-        if not train:
-            return wired(params, state, x, key=key, train=train)
-        if not per_example:  # its batch is one: no nested serial cuts its own part of it
-            with cpu.whole_batch():
-                return wired(params, state, x, key=key, train=train)
-        count = cpu.batch_slices(x.shape[0]) if jnp.ndim(x) else 1
+        count = cpu.batch_slices(x.shape[0]) if train and jnp.ndim(x) else 1
         if count == 1:
             return wired(params, state, x, key=key, train=train)
-        def part_of(part):
-            return wired(params, state, part, key=key, train=train)
-
         try:
-            return cpu.concat_slices(part_of, x, count, has_aux=True)
+            if not per_example:
+                return in_runs(params, state, x, key, count)
+            return cpu.concat_slices(partial(wired, params, state, key=key, train=train), x,
+                                     count, has_aux=True)
         except LayerError:  # raised while tracing: again whole, for a message of the batch
-            return wired(params, state, x, key=key, train=train)
+            with cpu.whole_batch():
+                return wired(params, state, x, key=key, train=train)
 
     return make_layer(init, apply, LayerInfo("Serial", "serial", name, children=named,
                                              per_example=per_example, branches=branches))
