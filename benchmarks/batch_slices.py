@@ -5,6 +5,9 @@
         --slices 4,auto,16 --passes 30
     .venv/bin/python benchmarks/batch_slices.py --batches 1024 --slices 1,auto
 
+For a model that mixes examples (BatchNorm; e.g. ``vgg``), ``auto`` shows 1 slice in the
+table, the step's own count, while its serials cut their runs of per-example layers
+(``jaxcnn.layers.serial``); ``1`` runs it whole.
 A model is a name from ``jaxcnn.models`` or an experiment (``scripts.load_experiment``: a name
 or a script's path) whose ``get_model`` builds it, e.g. ``fashion_augmented`` (with Dropout).
 For each model and batch, one compiled epoch per ``batch_slices`` value (``train.make_epoch_fn``,

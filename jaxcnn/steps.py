@@ -240,9 +240,11 @@ def batch_slices_for(model: Layer, batch_size: int, batch_slices: int | str = "a
     :func:`jaxcnn.cpu.batch_slices`: from batch 64 on, where jaxcnn's CPU convolution is on
     and there is one device, the largest power of two of slices with at least
     :data:`jaxcnn.cpu.SLICE_ROWS` rows each (32 with AVX-512, else 16), at least 4 and
-    at most 16; else 1. Slices of 64 rows or more split each of their convolutions once more, in
-    4 (:func:`jaxcnn.cpu.plan_for`). An int is used as given (at most the batch); with a
-    batch sharded over several devices its slices would cut across the shards, which costs
+    at most 16; else 1 (the serials of a model that is not per-example then cut their runs of
+    per-example layers themselves, :func:`jaxcnn.layers.serial`). Slices of 64 rows or more
+    split each of their convolutions once more, in 4 (:func:`jaxcnn.cpu.plan_for`). An int is
+    used as given (at most the batch); with a batch sharded over several devices its slices
+    would cut across the shards, which costs
     transfers between devices, so keep ``"auto"`` there.
     """
     _check_batch_slices(model, batch_slices)

@@ -8,6 +8,7 @@ float64), and hand compositions of a combinator's children.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import zlib
@@ -981,7 +982,9 @@ def test_a_nested_serial_does_not_slice_its_slices_again(monkeypatch):
     assert seen == [64] * 16
 
 
-def test_serials_that_mix_examples_or_run_elsewhere_run_whole(monkeypatch):
+def test_runs_without_a_conv_or_dense_and_serials_with_the_switch_off_run_whole(monkeypatch):
+    """A Lambda that mixes examples, or BatchNorm, after a per-example layer with no Conv or
+    Dense: that layer sees the whole batch; so does every layer with the CPU switch off."""
     from jaxcnn import cpu
 
     monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
@@ -999,19 +1002,19 @@ def test_serials_that_mix_examples_or_run_elsewhere_run_whole(monkeypatch):
 
 def test_a_serial_that_mixes_examples_slices_its_runs_of_per_example_layers(monkeypatch):
     """In a serial with BatchNorm, each run of per-example layers holding a convolution or a
-    dense layer is computed in (at most 4) slices, BatchNorm and the runs without one on the
-    whole batch, and a nested serial that mixes examples cuts its own runs; with the whole
+    dense layer is computed in (at most 4) slices from that layer on, BatchNorm and the rest on
+    the whole batch, and a nested serial that mixes examples cuts its own runs; with the whole
     batch's values, state and gradients up to float rounding."""
     from jaxcnn import cpu
 
     monkeypatch.setenv(cpu.ENV_VAR, "on")
     monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
-    seen: dict[str, list[int]] = {"a": [], "b": [], "c": [], "d": []}
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": [], "d": [], "e": []}
     model = L.serial(
         L.serial(_spied(seen["a"]), L.Flatten()), L.BatchNorm(),  # no conv or dense: whole
         L.Dense(6), _spied(seen["b"]), L.BatchNorm(),             # sliced, then the batch
-        L.serial(_spied(seen["c"]), L.Dense(4), L.BatchNorm()),   # nested: its run sliced
-        L.Relu(), _spied(seen["d"]), L.Dense(2))                   # sliced
+        L.serial(L.Dense(4), _spied(seen["c"]), L.BatchNorm()),   # nested: its run sliced
+        L.Relu(), _spied(seen["e"]), L.Dense(2), _spied(seen["d"]))  # whole up to the Dense
     x = jax.random.normal(KEY, (128, 3, 1))
     _, params, state = model.init(jax.random.key(0), (None, 3, 1))
 
@@ -1029,12 +1032,38 @@ def test_a_serial_that_mixes_examples_slices_its_runs_of_per_example_layers(monk
     # the rows each spy was traced (or, on a concrete batch, run) on: a run takes at most
     # MAX_RUN_SLICES (4) of the batch's 8 slices
     assert cpu.batch_slices(128) == 8 and cpu.MAX_RUN_SLICES == 4
-    assert {k: set(v) for k, v in seen.items()} == {"a": {128}, "b": {32}, "c": {32}, "d": {32}}
+    assert {k: set(v) for k, v in seen.items()} == {"a": {128}, "b": {32}, "c": {32}, "d": {32},
+                                                     "e": {128}}
     (want, want_new), want_grads = jax.value_and_grad(loss, has_aux=True)(params, True)
     np.testing.assert_allclose(value, want, rtol=1e-5)
     for a, b in zip(jax.tree.leaves((new, grads)), jax.tree.leaves((want_new, want_grads)),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [96, 128])
+def test_a_jitted_conv_batchnorm_pool_model_gets_the_whole_batch_gradients(monkeypatch, n):
+    """Conv -> BatchNorm -> Relu -> MaxPool -> Conv under jit: the run after BatchNorm starts
+    at its Conv, so the pool's gradient (a max taken by equality) sees its input computed once,
+    and the gradients are the whole batch's (a run starting at the pool lost up to 63%)."""
+    from jaxcnn import cpu
+
+    monkeypatch.setenv(cpu.ENV_VAR, "on")
+    model = L.serial(L.Conv(8, 3, padding="SAME"), L.BatchNorm(), L.Relu(), L.MaxPool(2),
+                     L.Conv(8, 3, padding="SAME"), L.BatchNorm(), L.Relu(), L.MaxPool(2),
+                     L.Flatten(), L.Dense(10))
+    x = jax.random.normal(KEY, (n, 16, 16, 1))
+    _, params, state = model.init(jax.random.key(0), (None, 16, 16, 1))
+
+    def loss(params, whole):
+        with cpu.whole_batch() if whole else contextlib.nullcontext():
+            y, _ = model.apply(params, state, x, key=KEY, train=True)
+        return (y ** 2).mean()
+
+    got = jax.jit(jax.grad(loss), static_argnums=1)(params, False)
+    want = jax.jit(jax.grad(loss), static_argnums=1)(params, True)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_a_sliced_serial_returns_what_a_whole_one_returns(monkeypatch):

@@ -14,9 +14,9 @@ of its own there, each kept because a paired benchmark showed 5% or more on some
   draws the whole batch's mask, :func:`slice_position`) computed as 4 to 16 slices
   (:func:`batch_slices`) whose outputs are concatenated, applied by
   :func:`jaxcnn.layers.serial` in training mode and by :func:`jaxcnn.steps.make_train_step`:
-  1.13x-1.50x the images/s of the whole batch on 2 cores. In a serial with BatchNorm, its runs
-  of per-example layers, in at most :data:`MAX_RUN_SLICES` slices: the VGG with BatchNorm
-  1.06x (batch 128) and 1.21x (1024) (Intel).
+  1.13x-1.50x the images/s of the whole batch on 2 cores. In a serial with BatchNorm, its
+  runs of per-example layers from a Conv or Dense on, in at most :data:`MAX_RUN_SLICES`
+  slices: the VGG with BatchNorm 1.07x (batch 128) and 1.25x (1024) (Intel).
 - :mod:`jaxcnn.cpu.memory`: glibc's ``malloc`` keeping the memory it frees
   (:func:`keep_freed_memory`), which the runner applies: 1.01x-1.28x.
 - :mod:`jaxcnn.cpu.dispatch`: JAX's CPU client running each compiled call on the calling

@@ -4,7 +4,8 @@ XLA's CPU runtime runs most single operations (a convolution among them) on one 
 independent operations side by side. A batch computed as slices whose outputs are concatenated
 is the same function of the batch for a per-example model (up to float rounding), with
 independent work for every core. :func:`batch_slices` is how many; :func:`jaxcnn.layers.serial`
-applies it in training mode (so a hand-written step gets it too) and
+applies it in training mode (so a hand-written step gets it too; in a serial with BatchNorm,
+to its runs of per-example layers, in at most :data:`MAX_RUN_SLICES`) and
 :func:`jaxcnn.steps.make_train_step` to any per-example model; :func:`whole_batch` stops a slice
 from being cut again. :func:`slice_position` tells a layer where the slice it is traced on lies
 in the batch, so that ``Dropout`` draws the whole batch's mask and keeps its slice's rows.

@@ -152,17 +152,26 @@ def _computes(layer: Layer) -> bool:
     return info.macs is not None or any(_computes(child) for _, child in info.children)
 
 
-def _runs(chain: Sequence[str], layers: Mapping[str, Layer]) -> tuple[tuple[bool, tuple], ...]:
-    """``chain`` cut into maximal runs of per-example children and of the others:
-    ((per_example, names), ...)."""
-    runs: list[tuple[bool, list[str]]] = []
+def _runs(chain: Sequence[str], layers: Mapping[str, Layer]) -> tuple[tuple[str, tuple], ...]:
+    """``chain`` cut into runs ((how, names), ...): ``"slices"``, per-example children from a
+    Conv or Dense on; ``"whole"``, per-example children before one (or without one); ``"batch"``,
+    children that mix examples. A run in slices starts at its Conv or Dense: a MaxPool at its
+    start would take the gradient of a max by equality with an input that XLA, fusing the
+    slicing into two consumers, may compute twice with different rounding."""
+    runs: list[tuple[str, list[str]]] = []
     for nm in chain:
-        each = layer_info(layers[nm]).per_example
-        if runs and runs[-1][0] == each:
+        layer = layers[nm]
+        if not layer_info(layer).per_example:
+            how = "batch"
+        elif (runs and runs[-1][0] == "slices") or _computes(layer):
+            how = "slices"
+        else:
+            how = "whole"
+        if runs and runs[-1][0] == how:
             runs[-1][1].append(nm)
         else:
-            runs.append((each, [nm]))
-    return tuple((each, tuple(names)) for each, names in runs)
+            runs.append((how, [nm]))
+    return tuple((how, tuple(names)) for how, names in runs)
 
 
 def pool_before_relu(branch: Sequence[str], layers: Mapping[str, Layer]) -> tuple[str, ...]:
@@ -195,9 +204,11 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     :func:`jaxcnn.cpu.batch_slices` slices whose outputs are concatenated: the same
     function of the batch up to float rounding, which XLA's CPU runtime runs on both cores,
     whoever writes the training step. In a serial that is not per-example (BatchNorm), each
-    run of per-example children that holds a convolution or a dense layer is computed so,
-    and the other children see the whole batch. A ``Relu`` followed by a ``MaxPool`` runs as the
-    pool, then the ReLU: the same values and gradients, for less work
+    run of per-example children from a Conv or Dense on is computed in at most
+    :data:`jaxcnn.cpu.MAX_RUN_SLICES` slices, and the other children see the whole batch (a
+    nested combinator among them, e.g. a residual block, passes it whole to its children,
+    where a per-example serial takes the full count). A ``Relu`` followed by a ``MaxPool``
+    runs as the pool, then the ReLU: the same values and gradients, for less work
     (:func:`pool_before_relu`)."""
     layers = _check_layers(layers, "Serial")
     names = child_names(layers, "Serial")
@@ -224,14 +235,13 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     runs = _runs(pool_before_relu(names, layer_of), layer_of)
 
     def in_runs(params, state, x, key, count):
-        # each run of per-example children in slices, the others (BatchNorm) on the batch
         keys = keys_of(key)
         h, new_state = x, {}
-        for each, chain in runs:
-            if each and any(_computes(layer_of[nm]) for nm in chain):
+        for how, chain in runs:
+            if how == "slices":
                 run = partial(_apply_chain, layer_of, chain, params, state, keys=keys, train=True)
                 h, s = cpu.concat_slices(run, h, min(count, cpu.MAX_RUN_SLICES), has_aux=True)
-            elif each:  # no convolution or dense layer: slices would cost more than they gain
+            elif how == "whole":
                 with cpu.whole_batch():
                     h, s = _apply_chain(layer_of, chain, params, state, h, keys, True)
             else:  # a nested combinator among them cuts its own runs
