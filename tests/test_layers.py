@@ -1003,16 +1003,18 @@ def test_runs_without_a_conv_or_dense_and_serials_with_the_switch_off_run_whole(
 def test_a_serial_that_mixes_examples_slices_its_runs_of_per_example_layers(monkeypatch):
     """In a serial with BatchNorm, each run of per-example layers holding a convolution or a
     dense layer is computed in (at most 4) slices from that layer on, BatchNorm and the rest on
-    the whole batch, and a nested serial that mixes examples cuts its own runs; with the whole
-    batch's values, state and gradients up to float rounding."""
+    the whole batch, a nested serial that mixes examples cuts its own runs and a residual block
+    that does runs whole; with the whole batch's values, state and gradients up to float
+    rounding."""
     from jaxcnn import cpu
 
     monkeypatch.setenv(cpu.ENV_VAR, "on")
     monkeypatch.setattr(cpu.slices, "SLICE_ROWS", 16)
-    seen: dict[str, list[int]] = {"a": [], "b": [], "c": [], "d": [], "e": []}
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": [], "d": [], "e": [], "f": []}
     model = L.serial(
         L.serial(_spied(seen["a"]), L.Flatten()), L.BatchNorm(),  # no conv or dense: whole
         L.Dense(6), _spied(seen["b"]), L.BatchNorm(),             # sliced, then the batch
+        L.residual(L.serial(L.Dense(6), _spied(seen["f"])), L.BatchNorm()),  # whole
         L.serial(L.Dense(4), _spied(seen["c"]), L.BatchNorm()),   # nested: its run sliced
         L.Relu(), _spied(seen["e"]), L.Dense(2), _spied(seen["d"]))  # whole up to the Dense
     x = jax.random.normal(KEY, (128, 3, 1))
@@ -1033,7 +1035,7 @@ def test_a_serial_that_mixes_examples_slices_its_runs_of_per_example_layers(monk
     # MAX_RUN_SLICES (4) of the batch's 8 slices
     assert cpu.batch_slices(128) == 8 and cpu.MAX_RUN_SLICES == 4
     assert {k: set(v) for k, v in seen.items()} == {"a": {128}, "b": {32}, "c": {32}, "d": {32},
-                                                     "e": {128}}
+                                                     "e": {128}, "f": {128}}
     (want, want_new), want_grads = jax.value_and_grad(loss, has_aux=True)(params, True)
     np.testing.assert_allclose(value, want, rtol=1e-5)
     for a, b in zip(jax.tree.leaves((new, grads)), jax.tree.leaves((want_new, want_grads)),

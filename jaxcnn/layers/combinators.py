@@ -154,15 +154,17 @@ def _computes(layer: Layer) -> bool:
 
 def _runs(chain: Sequence[str], layers: Mapping[str, Layer]) -> tuple[tuple[str, tuple], ...]:
     """``chain`` cut into runs ((how, names), ...): ``"slices"``, per-example children from a
-    Conv or Dense on; ``"whole"``, per-example children before one (or without one); ``"batch"``,
-    children that mix examples. A run in slices starts at its Conv or Dense: a MaxPool at its
-    start would take the gradient of a max by equality with an input that XLA, fusing the
-    slicing into two consumers, may compute twice with different rounding."""
+    Conv or Dense on; ``"serial"``, serials that mix examples (they cut their own runs);
+    ``"whole"``, the rest (BatchNorm, a residual or parallel block that mixes examples, a
+    layer of one's own, per-example children before a Conv or Dense). A run in slices starts
+    at its Conv or Dense: a MaxPool at its start would take the gradient of a max by equality
+    with an input that XLA, fusing the slicing into two consumers, may compute twice with
+    different rounding."""
     runs: list[tuple[str, list[str]]] = []
     for nm in chain:
         layer = layers[nm]
         if not layer_info(layer).per_example:
-            how = "batch"
+            how = "serial" if layer_info(layer).kind == "Serial" else "whole"
         elif (runs and runs[-1][0] == "slices") or _computes(layer):
             how = "slices"
         else:
@@ -205,9 +207,8 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
     function of the batch up to float rounding, which XLA's CPU runtime runs on both cores,
     whoever writes the training step. In a serial that is not per-example (BatchNorm), each
     run of per-example children from a Conv or Dense on is computed in at most
-    :data:`jaxcnn.cpu.MAX_RUN_SLICES` slices, and the other children see the whole batch (a
-    nested combinator among them, e.g. a residual block, passes it whole to its children,
-    where a per-example serial takes the full count). A ``Relu`` followed by a ``MaxPool``
+    :data:`jaxcnn.cpu.MAX_RUN_SLICES` slices, a nested serial cuts its own runs, and the other
+    children (a residual block among them) run whole. A ``Relu`` followed by a ``MaxPool``
     runs as the pool, then the ReLU: the same values and gradients, for less work
     (:func:`pool_before_relu`)."""
     layers = _check_layers(layers, "Serial")
@@ -244,7 +245,7 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             elif how == "whole":
                 with cpu.whole_batch():
                     h, s = _apply_chain(layer_of, chain, params, state, h, keys, True)
-            else:  # a nested combinator among them cuts its own runs
+            else:
                 h, s = _apply_chain(layer_of, chain, params, state, h, keys, True)
             new_state.update(s)
         return h, new_state
