@@ -9,7 +9,7 @@ For a model that mixes examples (BatchNorm; e.g. ``vgg``), ``auto`` shows 1 slic
 table, the step's own count, while its serials cut their runs of per-example layers
 (``jaxcnn.layers.serial``); ``1`` runs it whole.
 A model is a name from ``jaxcnn.models`` or an experiment (``scripts.load_experiment``: a name
-or a script's path) whose ``get_model`` builds it, e.g. ``fashion_augmented`` (with Dropout).
+or a script's path) whose ``get_model`` builds it, e.g. ``fashion_augmented``.
 For each model and batch, one compiled epoch per ``batch_slices`` value (``train.make_epoch_fn``,
 ``driver="scan"``, ``--steps`` steps of device-resident random 28x28x1 images, SGD with
 momentum), run in interleaved passes whose order rotates. This machine's speed drifts by tens of
