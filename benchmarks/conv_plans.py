@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import batch_slices  # noqa: E402
 import jax  # noqa: E402
 
-from jaxcnn import cpu  # noqa: E402
+from jaxcnn import cpu, walk  # noqa: E402
 from jaxcnn.cpu import conv as cc  # noqa: E402
 
 CHOICES = {"fwd": ("lax", "taps"), "dx": ("conv", "gemm"), "dw": ("conv", "gemm"),
@@ -60,22 +60,12 @@ def parse_plan(text: str) -> dict[int, dict[str, str | int]]:
 
 def kernel_shapes(model_name: str) -> list[tuple[int, ...]]:
     """The HWIO kernel shape of each convolution of the model, in the model's order (the
-    parameters' ``w`` leaves with 4 axes, walked in the order the layers made them)."""
+    layers' ``w`` params with 4 axes, walked by ``jaxcnn.walk.nodes``)."""
     model = batch_slices.make_model(model_name)
     _, params, _ = model.init(jax.random.key(0), (None, 28, 28, 1))
-
-    def walk(tree):
-        if isinstance(tree, dict):
-            for key, value in tree.items():
-                if key == "w" and getattr(value, "ndim", 0) == 4:
-                    yield tuple(value.shape)
-                else:
-                    yield from walk(value)
-        elif isinstance(tree, list | tuple):
-            for value in tree:
-                yield from walk(value)
-
-    return list(walk(params))
+    kernels = (walk.subtree(params, node).get("w") for node in walk.nodes(model)
+               if not node.info.children)
+    return [tuple(w.shape) for w in kernels if getattr(w, "ndim", 0) == 4]
 
 
 @contextlib.contextmanager
