@@ -1021,10 +1021,7 @@ def test_a_serial_that_mixes_examples_slices_its_runs_of_per_example_layers(monk
     _, params, state = model.init(jax.random.key(0), (None, 3, 1))
 
     def loss(params, whole):
-        if whole:
-            with cpu.whole_batch():
-                y, new = model.apply(params, state, x, key=KEY, train=True)
-        else:
+        with cpu.whole_batch() if whole else contextlib.nullcontext():
             y, new = model.apply(params, state, x, key=KEY, train=True)
         return (y ** 2).mean(), new
 

@@ -9,6 +9,7 @@ layer, so the two cannot disagree.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -242,11 +243,9 @@ def serial(*layers: Layer, name: str | None = None) -> Layer:
             if how == "slices":
                 run = partial(_apply_chain, layer_of, chain, params, state, keys=keys, train=True)
                 h, s = cpu.concat_slices(run, h, min(count, cpu.MAX_RUN_SLICES), has_aux=True)
-            elif how == "whole":
-                with cpu.whole_batch():
+            else:  # a nested serial ("serial") cuts its own runs
+                with cpu.whole_batch() if how == "whole" else contextlib.nullcontext():
                     h, s = _apply_chain(layer_of, chain, params, state, h, keys, True)
-            else:
-                h, s = _apply_chain(layer_of, chain, params, state, h, keys, True)
             new_state.update(s)
         return h, new_state
 
